@@ -1,0 +1,178 @@
+"""The plugin's configuration: one frozen dataclass, resolved and validated once at start-up.
+
+Every setting has three channels. Precedence: command-line option > ini key > environment
+variable > default. The first channel that is set wins, even if a later one is also set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pytest
+
+from . import drivers
+from .errors import PgtopoError
+from .isolation import IsolationMode
+
+T = TypeVar("T")
+
+BACKENDS = ("auto", "local", "docker", "external")
+ISOLATION_MODES: tuple[IsolationMode, ...] = ("database", "rollback")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One setting and its three channels."""
+
+    key: str
+    help: str
+    parse: Callable[[str], T]
+    default: T
+    flag: bool = False
+
+    @property
+    def cli(self) -> str:
+        return "--pgtopo-" + self.key.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "pgtopo_" + self.key
+
+    @property
+    def env(self) -> str:
+        return "PGTOPO_" + self.key.upper()
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected a boolean: 1/0, true/false, yes/no, on/off")
+
+
+def _directory(value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError("expected an existing directory")
+    return path
+
+
+def _driver_list(value: str) -> tuple[str, ...]:
+    """'' -> () meaning per-fixture defaults; 'all' -> every installed driver; else a list."""
+    text = value.strip()
+    if not text:
+        return ()
+    if text == "all":
+        found = tuple(drivers.installed())
+        if not found:
+            raise ValueError("'all' found no installed driver; pip install 'pytest-pgtopo[all]'")
+        return found
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    for name in names:
+        if name not in drivers.DRIVERS:
+            raise ValueError(f"unknown driver {name!r}; expected 'all' or names from: {', '.join(drivers.DRIVERS)}")
+        try:
+            drivers.get(name).require_installed()
+        except PgtopoError as exc:
+            raise ValueError(str(exc)) from None
+    return names
+
+
+OPTIONS: tuple[Option[Any], ...] = (
+    Option("backend", "where servers run: auto (local), local, docker, external", _choice(*BACKENDS), "auto"),
+    Option(
+        "driver",
+        "driver(s) for engine fixtures: NAME[,NAME...] or 'all' (installed ones); "
+        "default asyncpg for async engines, psycopg for sync ones",
+        _driver_list,
+        (),
+    ),
+    Option("pg_bindir", "directory with the postgres and initdb binaries", _directory, None),
+    Option("keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True),
+    Option(
+        "isolation",
+        "how engine fixtures keep tests apart: database (a fresh database per test) or rollback",
+        _choice(*ISOLATION_MODES),
+        "database",
+    ),
+    Option("tmpdir", "where server data goes (default: /dev/shm if roomy, else the temp dir)", _directory, None),
+)
+
+
+@dataclass(frozen=True)
+class PgtopoConfig:
+    backend: str = "auto"
+    driver: tuple[str, ...] = ()
+    """Selected drivers; empty means the per-fixture defaults (asyncpg async, psycopg sync)."""
+    pg_bindir: Path | None = None
+    keep: bool = False
+    isolation: IsolationMode = "database"
+    tmpdir: Path | None = None
+    sources: tuple[tuple[str, str], ...] = ()
+    """(key, channel) for every setting not at its default, e.g. ('driver', 'env PGTOPO_DRIVER')."""
+
+    @property
+    def drivers(self) -> tuple[str, ...]:
+        return self.driver
+
+    def source_of(self, key: str) -> str:
+        return dict(self.sources).get(key, "default")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pgtopo", "PostgreSQL topologies (pytest-pgtopo)")
+    for option in OPTIONS:
+        text = f"{option.help} (ini {option.ini}, env {option.env})"
+        if option.flag:
+            group.addoption(option.cli, action="store_const", const="true", default=None, help=text)
+        else:
+            group.addoption(option.cli, default=None, help=text)
+        parser.addini(option.ini, text, default=None)
+
+
+def resolve(config: pytest.Config) -> PgtopoConfig:
+    """Read every option through its channels in precedence order; raise UsageError on bad input."""
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, str]] = []
+    for option in OPTIONS:
+        raw, channel = _first_set(config, option)
+        if raw is None:
+            continue
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest-pgtopo: {channel}={raw!r} is invalid: {exc}") from None
+        sources.append((option.key, channel))
+    return PgtopoConfig(**values, sources=tuple(sources))
+
+
+def _first_set(config: pytest.Config, option: Option[Any]) -> tuple[str | None, str]:
+    cli_value = config.getoption(option.cli)
+    if cli_value is not None:
+        return str(cli_value), option.cli
+    ini_value = config.getini(option.ini)
+    if ini_value is not None and ini_value != []:
+        return str(ini_value), f"ini {option.ini}"
+    env_value = os.environ.get(option.env)
+    if env_value is not None:
+        return env_value, f"env {option.env}"
+    return None, "default"

@@ -1,0 +1,245 @@
+"""The one table that knows how each driver spells things.
+
+Endpoints and recipes both read this table, so supporting a new driver, or a new quirk of an
+existing one, is one edit here. Nothing in this module opens a connection on import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import DriverNotInstalledError, DriverUnsupportedError
+
+Kind = Literal["sync", "async"]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Client-side knobs every recipe sets; each driver spells them its own way."""
+
+    connect_timeout: float = 10.0
+    """Seconds to wait for a connection to be established."""
+    command_timeout: float | None = None
+    """Client-side limit per statement, in seconds (asyncpg only; others use statement_timeout)."""
+    prepared_statements: bool = True
+    """False turns off every server-side prepared statement cache (needed behind PgBouncer in
+    transaction mode): asyncpg's and SQLAlchemy's statement caches, psycopg's prepare_threshold."""
+
+
+def _asyncpg_client(options: ClientOptions) -> dict[str, Any]:
+    args: dict[str, Any] = {"timeout": options.connect_timeout}
+    if options.command_timeout is not None:
+        args["command_timeout"] = options.command_timeout
+    if not options.prepared_statements:
+        # Both caches: asyncpg's own, and the one SQLAlchemy's adapter keeps on top of it.
+        args["statement_cache_size"] = 0
+        args["prepared_statement_cache_size"] = 0
+    return args
+
+
+def _psycopg_client(options: ClientOptions) -> dict[str, Any]:
+    args: dict[str, Any] = {"connect_timeout": max(1, round(options.connect_timeout))}
+    if not options.prepared_statements:
+        args["prepare_threshold"] = None
+    return args
+
+
+def _psycopg2_client(options: ClientOptions) -> dict[str, Any]:
+    # psycopg2 never prepares statements server-side; libpq wants whole seconds.
+    return {"connect_timeout": max(1, round(options.connect_timeout))}
+
+
+def _pg8000_client(options: ClientOptions) -> dict[str, Any]:
+    # pg8000's `timeout` is a socket timeout for every operation, so connect_timeout is left to
+    # the server's statement_timeout; pg8000 only uses unnamed statements outside its cache.
+    return {}
+
+
+def _libpq_startup(settings: Mapping[str, str]) -> dict[str, Any]:
+    """libpq (psycopg 3, psycopg2): application_name is a conninfo key, the rest go in `options`."""
+    args: dict[str, Any] = {}
+    rest = dict(settings)
+    if "application_name" in rest:
+        args["application_name"] = rest.pop("application_name")
+    if rest:
+        # libpq splits `options` on spaces; a literal space in a value must be backslash-escaped.
+        args["options"] = " ".join(
+            f"-c {name}={_libpq_escape(value)}" for name, value in rest.items()
+        )
+    return args
+
+
+def _libpq_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _asyncpg_startup(settings: Mapping[str, str]) -> dict[str, Any]:
+    """asyncpg sends every startup parameter, application_name included, as server_settings."""
+    return {"server_settings": dict(settings)} if settings else {}
+
+
+def _pg8000_startup(settings: Mapping[str, str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    rest = dict(settings)
+    if "application_name" in rest:
+        args["application_name"] = rest.pop("application_name")
+    if rest:
+        args["startup_params"] = rest
+    return args
+
+
+@dataclass(frozen=True)
+class Driver:
+    """How one DBAPI driver is named, installed and configured."""
+
+    name: str
+    module: str
+    """Import name; the driver counts as installed when this module can be found."""
+    drivername: str
+    """SQLAlchemy's drivername; `postgresql+psycopg` serves both Engine and AsyncEngine."""
+    kinds: frozenset[Kind]
+    """Which engine kinds the driver can back."""
+    startup_args: Callable[[Mapping[str, str]], dict[str, Any]]
+    """Turns server settings (GUC name -> value) into connect_args sent at connection start-up."""
+    dbapi_kwargs: Callable[[str, int, str, str, str], dict[str, Any]]
+    """Keyword arguments for the raw DBAPI connect(), from host, port, user, password, dbname."""
+    client_args: Callable[[ClientOptions], dict[str, Any]]
+    """Turns the common client options into this driver's connect_args."""
+    connect_autocommit: Callable[[dict[str, Any]], Any] | None
+    """Opens a raw autocommit DBAPI connection (sync drivers only); used for admin work."""
+
+    def supports(self, kind: Kind) -> bool:
+        return kind in self.kinds
+
+    def require(self, kind: Kind) -> None:
+        if kind not in self.kinds:
+            raise DriverUnsupportedError(
+                f"driver {self.name!r} has no {kind} API, so it cannot back a {kind} engine; "
+                f"use one of: {', '.join(names_supporting(kind))}"
+            )
+
+    def is_installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def require_installed(self) -> None:
+        if not self.is_installed():
+            raise DriverNotInstalledError(
+                f"driver {self.name!r} is not installed (module {self.module!r} not importable); "
+                f"install it with: pip install 'pytest-pgtopo[{self.name}]'"
+            )
+
+
+def _libpq_kwargs(host: str, port: int, user: str, password: str, dbname: str) -> dict[str, Any]:
+    return {"host": host, "port": port, "user": user, "password": password, "dbname": dbname}
+
+
+def _database_kwargs(host: str, port: int, user: str, password: str, dbname: str) -> dict[str, Any]:
+    """asyncpg and pg8000 call the database `database`, not `dbname`."""
+    return {"host": host, "port": port, "user": user, "password": password, "database": dbname}
+
+
+def _connect_psycopg(kwargs: dict[str, Any]) -> Any:
+    import psycopg
+
+    return psycopg.connect(**kwargs, autocommit=True, connect_timeout=10)
+
+
+def _connect_psycopg2(kwargs: dict[str, Any]) -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(**kwargs, connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def _connect_pg8000(kwargs: dict[str, Any]) -> Any:
+    import pg8000.dbapi
+
+    conn = pg8000.dbapi.connect(**kwargs, timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+DRIVERS: dict[str, Driver] = {
+    driver.name: driver
+    for driver in (
+        Driver(
+            "asyncpg",
+            "asyncpg",
+            "postgresql+asyncpg",
+            frozenset({"async"}),
+            _asyncpg_startup,
+            _database_kwargs,
+            _asyncpg_client,
+            None,
+        ),
+        Driver(
+            "psycopg",
+            "psycopg",
+            "postgresql+psycopg",
+            frozenset({"sync", "async"}),
+            _libpq_startup,
+            _libpq_kwargs,
+            _psycopg_client,
+            _connect_psycopg,
+        ),
+        Driver(
+            "psycopg2",
+            "psycopg2",
+            "postgresql+psycopg2",
+            frozenset({"sync"}),
+            _libpq_startup,
+            _libpq_kwargs,
+            _psycopg2_client,
+            _connect_psycopg2,
+        ),
+        Driver(
+            "pg8000",
+            "pg8000",
+            "postgresql+pg8000",
+            frozenset({"sync"}),
+            _pg8000_startup,
+            _database_kwargs,
+            _pg8000_client,
+            _connect_pg8000,
+        ),
+    )
+}
+
+def run_script(driver: str, connection: Any, sql: str) -> None:
+    """Run several `;`-separated statements on a raw connection of a sync driver."""
+    if driver == "pg8000":
+        # pg8000's cursors use the extended protocol, which takes one statement at a time.
+        connection.execute_simple(sql)
+        return
+    cursor = connection.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+
+
+DEFAULT_DRIVER: dict[Kind, str] = {"async": "asyncpg", "sync": "psycopg"}
+
+# Preference order for the plugin's own admin connection (CREATE DATABASE and friends).
+ADMIN_DRIVER_ORDER = ("psycopg", "psycopg2", "pg8000")
+
+
+def get(name: str) -> Driver:
+    try:
+        return DRIVERS[name]
+    except KeyError:
+        raise DriverUnsupportedError(
+            f"unknown driver {name!r}; known drivers: {', '.join(DRIVERS)}"
+        ) from None
+
+
+def names_supporting(kind: Kind) -> list[str]:
+    return [name for name, driver in DRIVERS.items() if driver.supports(kind)]
+
+
+def installed() -> list[str]:
+    return [name for name, driver in DRIVERS.items() if driver.is_installed()]

@@ -1,0 +1,23 @@
+"""Exceptions raised by pytest-pgtopo, each carrying a message that says what to do next."""
+
+from __future__ import annotations
+
+
+class PgtopoError(Exception):
+    """Base class for every error pytest-pgtopo raises on purpose."""
+
+
+class BinaryNotFoundError(PgtopoError):
+    """A server binary (postgres, initdb, pgbouncer) could not be found."""
+
+
+class ServerStartError(PgtopoError):
+    """A server process did not become ready; the message carries its config and log tail."""
+
+
+class DriverNotInstalledError(PgtopoError):
+    """A driver was selected whose Python package is not importable."""
+
+
+class DriverUnsupportedError(PgtopoError):
+    """A driver was asked for something it cannot do, such as an async engine from psycopg2."""

@@ -1,0 +1,208 @@
+"""Keep tests apart: a database per test cloned from a template, or one rolled-back transaction.
+
+`database` mode (the default): the schema is loaded once into a template database; each test
+gets `CREATE DATABASE ... TEMPLATE` (~15 ms on tmpfs) and the database is dropped afterwards
+by a background thread, so a test never waits for the server to notice a closed connection.
+
+`rollback` mode: every test shares one database; each engine holds one connection inside an
+outer transaction that is rolled back after the test, and the application's own BEGIN/COMMIT/
+ROLLBACK become SAVEPOINT/RELEASE/ROLLBACK TO. Cheaper, but a test cannot use AUTOCOMMIT or
+see its own work from a second connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from .admin import AdminConnection, admin_driver, quote_ident
+from .errors import PgtopoError
+from .servers.postgres import PostgresServer
+
+IsolationMode = Literal["database", "rollback"]
+SchemaSource = Union[sqlalchemy.MetaData, str, os.PathLike[str], Callable[[sqlalchemy.Engine], Any], None]
+
+TEMPLATE_DB = "pgtopo_template"
+SHARED_DB = "pgtopo_shared"
+_MAX_IDENT = 63
+_UNIT_SAVEPOINT = "pgtopo_unit"
+
+
+class Databases:
+    """Per-test databases on one server, all cloned from one template holding the schema."""
+
+    def __init__(self, server: PostgresServer, schema: SchemaSource) -> None:
+        self.server = server
+        self._schema = schema
+        self._template_ready = False
+        self._shared_ready = False
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        self._dropper: _Dropper | None = None
+
+    @property
+    def admin(self) -> AdminConnection:
+        return self.server.admin
+
+    def create(self, label: str) -> str:
+        """A fresh database for one test; `label` (the test name) makes it recognisable."""
+        self._ensure_template()
+        name = _database_name(next(self._counter), label)
+        self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {TEMPLATE_DB}")
+        return name
+
+    def drop_later(self, name: str) -> None:
+        """Drop in the background; close() waits for every pending drop."""
+        if self._dropper is None:
+            self._dropper = _Dropper(self.server)
+        self._dropper.submit(name)
+
+    def shared(self) -> str:
+        """The one database every test shares in rollback mode."""
+        self._ensure_template()
+        with self._lock:
+            if not self._shared_ready:
+                self.admin.execute(f"CREATE DATABASE {SHARED_DB} TEMPLATE {TEMPLATE_DB}")
+                self._shared_ready = True
+        return SHARED_DB
+
+    def close(self) -> None:
+        if self._dropper is not None:
+            self._dropper.close()
+            self._dropper = None
+
+    def _ensure_template(self) -> None:
+        with self._lock:
+            if self._template_ready:
+                return
+            self.admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+            load_schema(self._schema, self.server, TEMPLATE_DB)
+            # No connections allowed: a stray one would make every clone fail with
+            # 'source database "pgtopo_template" is being accessed by other users'.
+            self.admin.execute(
+                f"ALTER DATABASE {TEMPLATE_DB} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+            )
+            self._template_ready = True
+
+
+def load_schema(schema: SchemaSource, server: PostgresServer, dbname: str) -> None:
+    """Load `schema` into `dbname`: a MetaData, a path to a .sql file, or a callable(Engine)."""
+    if schema is None:
+        return
+    endpoint = server.endpoint.with_dbname(dbname)
+    if isinstance(schema, (str, os.PathLike)):
+        path = Path(schema)
+        if not path.is_file():
+            raise PgtopoError(
+                f"pgtopo_schema names the SQL file {str(path)!r}, which does not exist; "
+                "return a MetaData, a path to an existing .sql file, or a callable taking an Engine"
+            )
+        admin = AdminConnection(endpoint)
+        try:
+            admin.run_script(path.read_text())
+        finally:
+            admin.close()
+        return
+    if not (isinstance(schema, sqlalchemy.MetaData) or callable(schema)):
+        raise PgtopoError(
+            f"pgtopo_schema returned {schema!r}; expected a sqlalchemy.MetaData, "
+            "a path to a .sql file, a callable taking a sync Engine, or None"
+        )
+    engine = sqlalchemy.create_engine(endpoint.url(admin_driver()), poolclass=NullPool)
+    try:
+        if isinstance(schema, sqlalchemy.MetaData):
+            schema.create_all(engine)
+        else:
+            schema(engine)
+    finally:
+        engine.dispose()
+
+
+def _database_name(number: int, label: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    return f"pgtopo_{number}_{slug}"[:_MAX_IDENT]
+
+
+class _Dropper:
+    """A thread with its own connection that drops databases as tests finish with them."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        self._server = server
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="pgtopo-dropper", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str) -> None:
+        self._queue.put(name)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=120)
+        if self._errors:
+            raise PgtopoError("could not drop test databases:\n" + "\n".join(self._errors))
+
+    def _run(self) -> None:
+        admin = None
+        while (name := self._queue.get()) is not None:
+            try:
+                admin = admin or AdminConnection(self._server.endpoint)
+                # FORCE ends any connection a test leaked instead of failing the drop.
+                admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+            except Exception as exc:  # noqa: BLE001 - reported from close(), in the main thread.
+                self._errors.append(f"{name}: {exc}")
+        if admin is not None:
+            admin.close()
+
+
+# --- rollback mode ---------------------------------------------------------------------------
+
+
+def rollback_engine_kwargs() -> dict[str, Any]:
+    """Pool settings for rollback mode: exactly one connection, never reset by the pool."""
+    return {"pool_size": 1, "max_overflow": 0, "pool_reset_on_return": None}
+
+
+def begin_outer_transaction(connection: sqlalchemy.Connection) -> None:
+    """Open the outer transaction on the pool's only connection, then turn the dialect's
+    begin/commit/rollback into savepoint operations inside it.
+
+    Call with a Connection from an engine made with rollback_engine_kwargs(); for an
+    AsyncEngine, through AsyncConnection.run_sync(). The dialect's first connect (which calls
+    the real rollback) has happened by now, so replacing its methods is safe.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    _run(dbapi_connection, "SELECT 1")  # Every driver starts its implicit transaction here.
+    dialect = connection.dialect
+    dialect.do_begin = lambda dbapi_conn: _run(dbapi_conn, f"SAVEPOINT {_UNIT_SAVEPOINT}")  # type: ignore[method-assign]
+    dialect.do_commit = lambda dbapi_conn: _run(dbapi_conn, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")  # type: ignore[method-assign]
+    dialect.do_rollback = _rollback_unit  # type: ignore[method-assign]
+
+
+def rollback_outer_transaction(connection: sqlalchemy.Connection) -> None:
+    """Undo everything the test did: the driver's real rollback of the outer transaction."""
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.rollback()
+
+
+def _rollback_unit(dbapi_connection: Any) -> None:
+    _run(dbapi_connection, f"ROLLBACK TO SAVEPOINT {_UNIT_SAVEPOINT}")
+    _run(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
+
+
+def _run(dbapi_connection: Any, sql: str) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()

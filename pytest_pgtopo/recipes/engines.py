@@ -1,0 +1,88 @@
+"""Engines built the way production should build them, for any endpoint and driver.
+
+These are public: call them from your own fixtures or application code, not only through the
+plugin's fixtures. Each returns a plain SQLAlchemy Engine or AsyncEngine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+from .. import drivers
+from ..drivers import ClientOptions, Kind
+from ..endpoint import Endpoint
+from .settings import SessionSettings
+
+DEFAULT_CLIENT = ClientOptions(command_timeout=60.0)
+
+
+def engine_arguments(
+    endpoint: Endpoint,
+    driver: str,
+    kind: Kind,
+    *,
+    settings: SessionSettings,
+    client: ClientOptions,
+    engine_kwargs: dict[str, Any],
+) -> tuple[sqlalchemy.URL, dict[str, Any]]:
+    """The URL and create_engine() keyword arguments the recipes use, for inspection or reuse."""
+    spec = drivers.get(driver)
+    spec.require(kind)
+    spec.require_installed()
+    kwargs = dict(engine_kwargs)
+    connect_args = {
+        **endpoint.connect_args(driver),
+        **spec.client_args(client),
+        **spec.startup_args(settings.server_settings()),
+        **kwargs.pop("connect_args", {}),
+    }
+    # A pooled connection may have been closed by a server restart or failover: test it first.
+    kwargs.setdefault("pool_pre_ping", True)
+    return endpoint.url(driver), {"connect_args": connect_args, **kwargs}
+
+
+def create_engine(
+    endpoint: Endpoint,
+    driver: str = drivers.DEFAULT_DRIVER["sync"],
+    *,
+    settings: SessionSettings | None = None,
+    client: ClientOptions = DEFAULT_CLIENT,
+    **engine_kwargs: Any,
+) -> sqlalchemy.Engine:
+    """A sync Engine for `endpoint` with `settings` applied to every connection.
+
+    `engine_kwargs` go to sqlalchemy.create_engine(); `connect_args` in them are merged last.
+    """
+    url, kwargs = engine_arguments(
+        endpoint,
+        driver,
+        "sync",
+        settings=settings or SessionSettings(),
+        client=client,
+        engine_kwargs=engine_kwargs,
+    )
+    return sqlalchemy.create_engine(url, **kwargs)
+
+
+def create_async_engine(
+    endpoint: Endpoint,
+    driver: str = drivers.DEFAULT_DRIVER["async"],
+    *,
+    settings: SessionSettings | None = None,
+    client: ClientOptions = DEFAULT_CLIENT,
+    **engine_kwargs: Any,
+) -> AsyncEngine:
+    """An AsyncEngine for `endpoint`; `driver` must be async-capable (asyncpg or psycopg)."""
+    url, kwargs = engine_arguments(
+        endpoint,
+        driver,
+        "async",
+        settings=settings or SessionSettings(),
+        client=client,
+        engine_kwargs=engine_kwargs,
+    )
+    return sa_create_async_engine(url, **kwargs)

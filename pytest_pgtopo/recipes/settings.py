@@ -1,0 +1,43 @@
+"""The per-session server settings the cheatsheet recommends, as one value object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+GENERIC_APPLICATION_NAMES = frozenset({"", "python", "sqlalchemy", "app", "default", "psql"})
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Server settings applied to every connection an engine opens.
+
+    Durations are milliseconds (int) or a PostgreSQL duration string such as ``"5s"``.
+    ``None`` leaves the server's default in place. On a direct connection they are sent as
+    startup parameters, so they cost no extra round trip.
+    """
+
+    application_name: str = "pytest-pgtopo"
+    """Shown in pg_stat_activity and logs; name the service so an operator can tell who is who."""
+    timezone: str | None = "UTC"
+    search_path: str | None = None
+    statement_timeout: int | str | None = 30_000
+    """Cancels any statement running longer; a runaway query should not hold a connection."""
+    idle_in_transaction_session_timeout: int | str | None = 60_000
+    """Ends a session left idle inside an open transaction, which holds locks and blocks vacuum."""
+    lock_timeout: int | str | None = None
+
+    def server_settings(self) -> dict[str, str]:
+        """GUC name -> value, for the settings that are not None."""
+        values = {
+            "application_name": self.application_name,
+            "TimeZone": self.timezone,
+            "search_path": self.search_path,
+            "statement_timeout": self.statement_timeout,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction_session_timeout,
+            "lock_timeout": self.lock_timeout,
+        }
+        return {name: str(value) for name, value in values.items() if value is not None}
+
+    def replace(self, **changes: object) -> SessionSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

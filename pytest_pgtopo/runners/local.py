@@ -1,0 +1,130 @@
+"""Run server processes on this machine, as an unprivileged user when pytest runs as root.
+
+initdb, postgres and pgbouncer all refuse to run as root, and CI runs as root. So when the
+current user is root every server process runs as another OS user (``postgres`` if it exists,
+else ``nobody``, or ``PGTOPO_SERVER_USER``), with HOME and cwd in a directory that user owns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PgtopoError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """The OS account server processes run as."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def is_current(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+def server_user() -> OsUser:
+    """Who runs server processes: the current user, unless that is root."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.geteuid())
+        return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    wanted = os.environ.get("PGTOPO_SERVER_USER")
+    for name in [wanted] if wanted else ["postgres", "nobody"]:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    raise PgtopoError(
+        "pytest runs as root and PostgreSQL refuses to run as root, but no unprivileged user "
+        f"was found ({wanted or 'postgres, nobody'}); create one (useradd --system postgres) "
+        "or set PGTOPO_SERVER_USER to an existing user"
+    )
+
+
+def chown_tree(path: Path, user: OsUser) -> None:
+    """Give `path` and everything under it to `user` (a no-op when we already are that user)."""
+    if user.is_current:
+        return
+    os.chown(path, user.uid, user.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child after its uid changed, so the parent-death signal survives the switch:
+    # if pytest is killed outright, the server gets SIGQUIT instead of living on as an orphan.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
+
+
+def _child_env(home: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    # A minimal environment: HOME the child can read (libpq looks for ~/.postgresql there),
+    # no inherited PG* variables that would change what the child connects to.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C"}
+    env.update(extra or {})
+    return env
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    user: OsUser,
+    cwd: Path,
+    log_path: Path,
+    die_with_parent: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running server process with stdout and stderr going to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=_child_env(cwd, env),
+            start_new_session=True,  # Ctrl-C in the terminal must not reach the server first.
+            preexec_fn=_die_with_parent if die_with_parent else None,
+            **_identity(user),
+        )
+
+
+def run(
+    argv: Sequence[str], *, user: OsUser, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion as `user`; raises PgtopoError with its output on failure."""
+    result = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_child_env(cwd, env),
+        timeout=300,
+        **_identity(user),
+    )
+    if result.returncode != 0:
+        raise PgtopoError(
+            f"command failed with exit code {result.returncode}: {' '.join(argv)}\n"
+            f"{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+def _identity(user: OsUser) -> dict[str, object]:
+    if user.is_current:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}

@@ -1,0 +1,105 @@
+"""initdb once per server version and options; every later server starts from a copy.
+
+initdb costs ~0.9 s, a copy of its result ~0.15 s (FACTS.md). The cache entry is filled in a
+private staging directory and renamed into place, so pytest processes that race to fill it
+(xdist workers, parallel tox envs) never see half a cluster: the loser discards its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runners import local
+from ..runners.local import OsUser
+from .binaries import PgBinaries
+
+SUPERUSER = "pgtopo"
+INITDB_ARGS = (
+    f"--username={SUPERUSER}",
+    "--auth=scram-sha-256",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-sync",  # A test cluster never needs to survive a power cut.
+)
+
+
+def default_cache_root() -> Path:
+    """PGTOPO_CACHE_DIR, else $XDG_CACHE_HOME/pytest-pgtopo, else ~/.cache/pytest-pgtopo."""
+    explicit = os.environ.get("PGTOPO_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-pgtopo"
+
+
+@dataclass(frozen=True)
+class CachedCluster:
+    data_dir: Path
+    password: str
+    """The bootstrap superuser's password in the cached copy; each server rotates it on start."""
+
+    def copy_to(self, target: Path, user: OsUser) -> None:
+        """Copy the cached data directory to `target`, owned by `user` and mode 0700."""
+        try:
+            # cp -a is several times faster than copytree for ~1000 small files, and keeps owners.
+            subprocess.run(
+                ["cp", "-a", str(self.data_dir), str(target)], check=True, capture_output=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.data_dir, target, symlinks=True)
+        local.chown_tree(target, user)
+        target.chmod(0o700)
+
+
+def cached_cluster(
+    binaries: PgBinaries, user: OsUser, cache_root: Path, staging: Path
+) -> CachedCluster:
+    """Return the cache entry for these binaries, running initdb in `staging` if it is missing."""
+    key_source = "\n".join([binaries.version, str(binaries.bindir), user.name, *INITDB_ARGS])
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    entry = cache_root / f"pg{binaries.short_version}-{key}"
+    cached = _read(entry)
+    if cached is not None:
+        return cached
+
+    password = secrets.token_urlsafe(24)
+    pwfile = staging / "initdb.pw"
+    pwfile.write_text(password)
+    local.chown_tree(staging, user)
+    local.run(
+        [binaries["initdb"], "-D", str(staging / "data"), f"--pwfile={pwfile}", *INITDB_ARGS],
+        user=user,
+        cwd=staging,
+    )
+    pwfile.unlink()
+
+    cache_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    filling = cache_root / f".filling-{os.getpid()}-{secrets.token_hex(4)}"
+    filling.mkdir(mode=0o700)
+    try:
+        CachedCluster(staging / "data", password).copy_to(filling / "data", user)
+        (filling / "password").write_text(password)
+        (filling / "password").chmod(0o600)
+        try:
+            filling.rename(entry)
+        except OSError:
+            pass  # Another process filled the entry first; theirs is as good as ours.
+    finally:
+        shutil.rmtree(filling, ignore_errors=True)
+        shutil.rmtree(staging / "data", ignore_errors=True)
+    result = _read(entry)
+    assert result is not None, f"cache entry {entry} is incomplete after filling it"
+    return result
+
+
+def _read(entry: Path) -> CachedCluster | None:
+    if (entry / "data" / "PG_VERSION").is_file() and (entry / "password").is_file():
+        return CachedCluster(entry / "data", (entry / "password").read_text())
+    return None

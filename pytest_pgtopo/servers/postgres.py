@@ -1,0 +1,176 @@
+"""One PostgreSQL server process: copy a cached cluster, configure, start, wait, stop.
+
+The server is launched directly (not through pg_ctl, which polls every 100 ms) and is ready
+when a real password-authenticated connection succeeds, not when a log line appears.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..admin import AdminConnection, quote_ident, quote_literal, wait_until_connectable
+from ..endpoint import Endpoint
+from ..errors import ServerStartError
+from ..runners import local
+from ..runners.local import OsUser
+from .binaries import PgBinaries
+from .initdb_cache import SUPERUSER, CachedCluster
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 60.0
+_PORT_ATTEMPTS = 5
+
+# Durability off: a test server never has to survive a crash, and these make it several times faster.
+FAST_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+
+def free_port() -> int:
+    """A port the OS just reported free; start() retries if another process takes it first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresServer:
+    """A running PostgreSQL server in `directory` (data/, socket/, postgres.log)."""
+
+    def __init__(
+        self,
+        name: str,
+        binaries: PgBinaries,
+        user: OsUser,
+        directory: Path,
+        *,
+        settings: Mapping[str, str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.name = name
+        self.binaries = binaries
+        self.user = user
+        self.directory = directory
+        self.data_dir = directory / "data"
+        self.socket_dir = directory / "socket"
+        self.log_path = directory / "postgres.log"
+        self.settings = {**FAST_SETTINGS, **(settings or {})}
+        self.keep = keep
+        self.process: subprocess.Popen[bytes] | None = None
+        self._endpoint: Endpoint | None = None
+        self._admin: AdminConnection | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The superuser's endpoint on the `postgres` database."""
+        if self._endpoint is None:
+            raise RuntimeError(f"server {self.name} is not running")
+        return self._endpoint
+
+    @property
+    def admin(self) -> AdminConnection:
+        if self._admin is None:
+            raise RuntimeError(f"server {self.name} is not running")
+        return self._admin
+
+    def start_from(self, cluster: CachedCluster) -> None:
+        """Copy the cached cluster into place, start it, and give the superuser a fresh password."""
+        cluster.copy_to(self.data_dir, self.user)
+        self.socket_dir.mkdir(mode=0o700)
+        local.chown_tree(self.socket_dir, self.user)
+        self._start(cluster.password)
+        password = secrets.token_urlsafe(24)
+        self.admin.execute(
+            f"ALTER ROLE {quote_ident(SUPERUSER)} PASSWORD {quote_literal(password)}"
+        )
+        self._endpoint = dataclasses.replace(self.endpoint, password=password)
+
+    def _start(self, password: str) -> None:
+        for attempt in range(_PORT_ATTEMPTS):
+            port = free_port()
+            self._write_conf(port)
+            self.process = local.spawn(
+                [self.binaries["postgres"], "-D", str(self.data_dir)],
+                user=self.user,
+                cwd=self.directory,
+                log_path=self.log_path,
+                die_with_parent=not self.keep,
+            )
+            endpoint = Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres")
+            try:
+                self._admin = wait_until_connectable(
+                    endpoint, timeout=START_TIMEOUT, alive=self.is_running
+                )
+            except Exception as exc:
+                self._kill()
+                port_taken = "could not bind" in self.log_tail(5)
+                if port_taken and attempt + 1 < _PORT_ATTEMPTS:
+                    continue
+                raise ServerStartError(self._explain_failure(exc)) from None
+            self._endpoint = endpoint
+            return
+
+    def _write_conf(self, port: int) -> None:
+        settings = {
+            **self.settings,
+            "listen_addresses": LOOPBACK,
+            "port": str(port),
+            "unix_socket_directories": str(self.socket_dir),
+        }
+        # postgresql.auto.conf is read last, so these win over anything in postgresql.conf.
+        self.conf_path.write_text(
+            "".join(f"{name} = {quote_literal(value)}\n" for name, value in settings.items())
+        )
+        local.chown_tree(self.conf_path, self.user)
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir / "postgresql.auto.conf"
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _explain_failure(self, exc: BaseException) -> str:
+        conf = self.conf_path.read_text() if self.conf_path.exists() else "(missing)\n"
+        return (
+            f"PostgreSQL server {self.name!r} did not start: {exc}\n"
+            f"command: {self.binaries['postgres']} -D {self.data_dir} (as OS user {self.user.name})\n"
+            f"--- {self.conf_path} ---\n{conf}"
+            f"--- last 20 lines of {self.log_path} ---\n{self.log_tail(20)}"
+        )
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), escalating to immediate and kill if it hangs; then delete files."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        self._kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _kill(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+            process.send_signal(sig)
+            try:
+                process.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue

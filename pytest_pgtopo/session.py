@@ -1,0 +1,82 @@
+"""Everything one pytest process starts, started lazily and stopped in one place.
+
+No pytest import here: the plugin hands this object its config and calls close() at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import PgtopoConfig
+from .endpoint import Endpoint
+from .errors import PgtopoError
+from .isolation import Databases, SchemaSource
+from .servers.local_backend import LocalBackend
+from .topologies.base import Topology
+from .topologies.plain import PlainTopology
+from .workspace import default_root
+
+TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend], Topology]] = {
+    "plain": PlainTopology.start,
+}
+
+
+@dataclass
+class KeptDatabase:
+    test: str
+    endpoint: Endpoint
+
+
+@dataclass
+class PgtopoSession:
+    config: PgtopoConfig
+    topologies: dict[str, Topology] = field(default_factory=dict)
+    kept_databases: list[KeptDatabase] = field(default_factory=list)
+    _backend: LocalBackend | None = None
+    _databases: dict[str, Databases] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> LocalBackend:
+        if self._backend is None:
+            if self.config.backend not in ("auto", "local"):
+                raise PgtopoError(
+                    f"--pgtopo-backend={self.config.backend} is accepted but not implemented in "
+                    "this release; use --pgtopo-backend=local (the default, auto, picks it)"
+                )
+            self._backend = LocalBackend(
+                pg_bindir=self.config.pg_bindir,
+                pg_bindir_source=self.config.source_of("pg_bindir"),
+                tmp_root=self.config.tmpdir or default_root(),
+                keep=self.config.keep,
+            )
+        return self._backend
+
+    def topology(self, name: str) -> Topology:
+        """The running topology `name`, started on first use."""
+        if name not in self.topologies:
+            self.topologies[name] = TOPOLOGY_STARTERS[name](self.backend)
+        return self.topologies[name]
+
+    def databases(self, name: str, schema: SchemaSource) -> Databases:
+        if name not in self._databases:
+            self._databases[name] = Databases(self.topology(name).database_server, schema)
+        return self._databases[name]
+
+    def close(self) -> None:
+        """Drop pending databases, stop every server, remove the workspace (unless keep)."""
+        errors: list[BaseException] = []
+        for databases in self._databases.values():
+            try:
+                databases.close()
+            except Exception as exc:  # noqa: BLE001 - keep stopping servers; re-raised below.
+                errors.append(exc)
+        self._databases.clear()
+        if not self.config.keep:
+            for topology in self.topologies.values():
+                topology.stop()
+            self.topologies.clear()
+        if self._backend is not None:
+            self._backend.close()
+        if errors:
+            raise errors[0]
