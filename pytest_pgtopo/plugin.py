@@ -25,6 +25,7 @@ from .isolation import (
 from .recipes.engines import create_async_engine, create_engine
 from .recipes.settings import SessionSettings
 from .session import KeptDatabase, PgtopoSession
+from .topologies.base import Topology
 from .topologies.plain import PlainTopology
 
 SESSION_KEY = pytest.StashKey[PgtopoSession]()
@@ -191,10 +192,13 @@ def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology:
 
 @pytest.fixture
 def pg_plain_database(
-    request: pytest.FixtureRequest, pgtopo_session: PgtopoSession, pgtopo_schema: SchemaSource
+    request: pytest.FixtureRequest,
+    pg_plain: PlainTopology,
+    pgtopo_session: PgtopoSession,
+    pgtopo_schema: SchemaSource,
 ) -> Iterator[Endpoint]:
     """The endpoint of this test's own database on pg_plain (shared one in rollback mode)."""
-    yield from _test_database(request, pgtopo_session, "plain", pgtopo_schema)
+    yield from _test_database(request, pgtopo_session, pg_plain, pgtopo_schema)
 
 
 # --- fixtures: engines -----------------------------------------------------------------------
@@ -248,11 +252,10 @@ def _parametrized_directly(metafunc: pytest.Metafunc) -> bool:
 def _test_database(
     request: pytest.FixtureRequest,
     session: PgtopoSession,
-    topology_name: str,
+    topology: Topology,
     schema: SchemaSource,
 ) -> Iterator[Endpoint]:
-    topology = session.topology(topology_name)
-    databases = session.databases(topology_name, schema)
+    databases = session.databases(topology.name, schema)
     if session.config.isolation == "rollback":
         yield topology.client_endpoint.with_dbname(databases.shared())
         return
