@@ -6,6 +6,7 @@ the package, so one is always there. Tests' engines never share this connection.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -69,14 +70,17 @@ class AdminConnection:
         return None if row is None else row[0]
 
     def close(self) -> None:
-        try:
+        # The server may already be gone; closing is best effort.
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:  # noqa: BLE001 - the server may already be gone; closing is best effort.
-            pass
 
 
 def wait_until_connectable(
-    endpoint: Endpoint, *, timeout: float, alive: Callable[[], bool] | None = None, interval: float = 0.005
+    endpoint: Endpoint,
+    *,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    interval: float = 0.005,
 ) -> AdminConnection:
     """Poll until a real connection succeeds; `alive()` returning False aborts early.
 

@@ -89,7 +89,9 @@ def _driver_list(value: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     for name in names:
         if name not in drivers.DRIVERS:
-            raise ValueError(f"unknown driver {name!r}; expected 'all' or names from: {', '.join(drivers.DRIVERS)}")
+            raise ValueError(
+                f"unknown driver {name!r}; expected 'all' or names from: {', '.join(drivers.DRIVERS)}"
+            )
         try:
             drivers.get(name).require_installed()
         except PgtopoError as exc:
@@ -98,7 +100,12 @@ def _driver_list(value: str) -> tuple[str, ...]:
 
 
 OPTIONS: tuple[Option[Any], ...] = (
-    Option("backend", "where servers run: auto (local), local, docker, external", _choice(*BACKENDS), "auto"),
+    Option(
+        "backend",
+        "where servers run: auto (local), local, docker, external",
+        _choice(*BACKENDS),
+        "auto",
+    ),
     Option(
         "driver",
         "driver(s) for engine fixtures: NAME[,NAME...] or 'all' (installed ones); "
@@ -107,14 +114,21 @@ OPTIONS: tuple[Option[Any], ...] = (
         (),
     ),
     Option("pg_bindir", "directory with the postgres and initdb binaries", _directory, None),
-    Option("keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True),
+    Option(
+        "keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True
+    ),
     Option(
         "isolation",
         "how engine fixtures keep tests apart: database (a fresh database per test) or rollback",
         _choice(*ISOLATION_MODES),
         "database",
     ),
-    Option("tmpdir", "where server data goes (default: /dev/shm if roomy, else the temp dir)", _directory, None),
+    Option(
+        "tmpdir",
+        "where server data goes (default: /dev/shm if roomy, else the temp dir)",
+        _directory,
+        None,
+    ),
 )
 
 

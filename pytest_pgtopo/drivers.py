@@ -209,6 +209,7 @@ DRIVERS: dict[str, Driver] = {
     )
 }
 
+
 def run_script(driver: str, connection: Any, sql: str) -> None:
     """Run several `;`-separated statements on a raw connection of a sync driver."""
     if driver == "pg8000":

@@ -53,6 +53,4 @@ class Endpoint:
 
     def describe(self) -> str:
         """A libpq-style DSN with the password, for printing to the person running the tests."""
-        return (
-            f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
-        )
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"

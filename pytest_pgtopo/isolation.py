@@ -19,7 +19,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import sqlalchemy
 from sqlalchemy.pool import NullPool
@@ -29,7 +29,9 @@ from .errors import PgtopoError
 from .servers.postgres import PostgresServer
 
 IsolationMode = Literal["database", "rollback"]
-SchemaSource = Union[sqlalchemy.MetaData, str, os.PathLike[str], Callable[[sqlalchemy.Engine], Any], None]
+SchemaSource = (
+    sqlalchemy.MetaData | str | os.PathLike[str] | Callable[[sqlalchemy.Engine], Any] | None
+)
 
 TEMPLATE_DB = "pgtopo_template"
 SHARED_DB = "pgtopo_shared"
@@ -168,8 +170,12 @@ class _Dropper:
 
 
 def rollback_engine_kwargs() -> dict[str, Any]:
-    """Pool settings for rollback mode: exactly one connection, never reset by the pool."""
-    return {"pool_size": 1, "max_overflow": 0, "pool_reset_on_return": None}
+    """Pool settings for rollback mode: exactly one connection, never reset by the pool.
+
+    No pre-ping either: psycopg's ping switches the connection to autocommit, which it refuses
+    mid-transaction, and the one pinned connection cannot be replaced without losing the test's work.
+    """
+    return {"pool_size": 1, "max_overflow": 0, "pool_reset_on_return": None, "pool_pre_ping": False}
 
 
 def begin_outer_transaction(connection: sqlalchemy.Connection) -> None:
@@ -182,10 +188,13 @@ def begin_outer_transaction(connection: sqlalchemy.Connection) -> None:
     """
     dbapi_connection = connection.connection.dbapi_connection
     _run(dbapi_connection, "SELECT 1")  # Every driver starts its implicit transaction here.
-    dialect = connection.dialect
-    dialect.do_begin = lambda dbapi_conn: _run(dbapi_conn, f"SAVEPOINT {_UNIT_SAVEPOINT}")  # type: ignore[method-assign]
-    dialect.do_commit = lambda dbapi_conn: _run(dbapi_conn, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")  # type: ignore[method-assign]
-    dialect.do_rollback = _rollback_unit  # type: ignore[method-assign]
+    # Instance attributes shadow the dialect class's methods for this engine only.
+    for method, replacement in (
+        ("do_begin", _begin_unit),
+        ("do_commit", _commit_unit),
+        ("do_rollback", _rollback_unit),
+    ):
+        setattr(connection.dialect, method, replacement)
 
 
 def rollback_outer_transaction(connection: sqlalchemy.Connection) -> None:
@@ -193,6 +202,14 @@ def rollback_outer_transaction(connection: sqlalchemy.Connection) -> None:
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None
     dbapi_connection.rollback()
+
+
+def _begin_unit(dbapi_connection: Any) -> None:
+    _run(dbapi_connection, f"SAVEPOINT {_UNIT_SAVEPOINT}")
+
+
+def _commit_unit(dbapi_connection: Any) -> None:
+    _run(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
 
 
 def _rollback_unit(dbapi_connection: Any) -> None:

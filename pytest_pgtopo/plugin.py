@@ -59,9 +59,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except PgtopoError as exc:
         server = f"no PostgreSQL binaries: {str(exc).splitlines()[0]}"
     chosen = ",".join(cfg.drivers) or "defaults (asyncpg async, psycopg sync)"
-    return [
-        f"pgtopo: backend={cfg.backend}, {server}, drivers={chosen}, isolation={cfg.isolation}"
-    ]
+    return [f"pgtopo: backend={cfg.backend}, {server}, drivers={chosen}, isolation={cfg.isolation}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -108,16 +106,11 @@ def pytest_runtest_makereport(
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash[SESSION_KEY]
-    lines: list[str] = []
-    if session.config.keep:
-        lines += [topology.describe() for topology in session.topologies.values()]
-        if session._backend is not None and session._backend._workspace is not None:
-            lines.append(f"data, sockets and logs: {session._backend.workspace.path}")
-            lines.append(
-                "stop them with: pkill -INT -f "
-                f"{session._backend.workspace.path} && rm -rf {session._backend.workspace.path}"
-            )
-    lines += [f"kept database of failed {kept.test}: {kept.endpoint.describe()}" for kept in session.kept_databases]
+    lines = session.keep_report() if session.config.keep else []
+    lines += [
+        f"kept database of failed {kept.test}: {kept.endpoint.describe()}"
+        for kept in session.kept_databases
+    ]
     if lines:
         terminalreporter.write_sep("=", "pgtopo: left running (--pgtopo-keep)")
         for line in lines:
@@ -317,7 +310,9 @@ async def _async_engine(
         await engine.dispose()
 
 
-def _build(factory: Any, endpoint: Endpoint, driver: str, settings: SessionSettings, kwargs: dict[str, Any]) -> Any:
+def _build(
+    factory: Any, endpoint: Endpoint, driver: str, settings: SessionSettings, kwargs: dict[str, Any]
+) -> Any:
     try:
         return factory(endpoint, driver, settings=settings, **kwargs)
     except PgtopoError as exc:

@@ -63,6 +63,25 @@ class PgtopoSession:
             self._databases[name] = Databases(self.topology(name).database_server, schema)
         return self._databases[name]
 
+    def keep_report(self) -> list[str]:
+        """What --pgtopo-keep left behind and a shell line that stops and removes it."""
+        lines = [topology.describe() for topology in self.topologies.values()]
+        workspace = self._backend.workspace_path if self._backend is not None else None
+        pids = [
+            str(server.process.pid)
+            for topology in self.topologies.values()
+            for server in topology.servers()
+            if server.process is not None
+        ]
+        if workspace is not None and pids:
+            lines.append(f"data, sockets and logs: {workspace}")
+            waits = " ".join(pids)
+            lines.append(
+                f"stop them with: kill -INT {waits}; "
+                f"while kill -0 {waits} 2>/dev/null; do sleep 0.1; done; rm -rf {workspace}"
+            )
+        return lines
+
     def close(self) -> None:
         """Drop pending databases, stop every server, remove the workspace (unless keep)."""
         errors: list[BaseException] = []

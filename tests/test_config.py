@@ -30,7 +30,12 @@ def test_defaults(inner: pytest.Pytester) -> None:
     ("key", "cli", "value", "expected"),
     [
         ("backend", "--pgtopo-backend", "local", "CONFIG local  False database None"),
-        ("driver", "--pgtopo-driver", "pg8000,psycopg2", "CONFIG auto pg8000,psycopg2 False database None"),
+        (
+            "driver",
+            "--pgtopo-driver",
+            "pg8000,psycopg2",
+            "CONFIG auto pg8000,psycopg2 False database None",
+        ),
         ("isolation", "--pgtopo-isolation", "rollback", "CONFIG auto  False rollback None"),
         ("keep", "--pgtopo-keep", "yes", "CONFIG auto  True database None"),
         ("pg_bindir", "--pgtopo-pg-bindir", "/usr", "CONFIG auto  False database /usr"),
@@ -71,7 +76,12 @@ def test_precedence_cli_over_ini_over_env(
     monkeypatch.setenv("PGTOPO_DRIVER", "pg8000")
     monkeypatch.setenv("PGTOPO_BACKEND", "docker")
     result = inner.runpytest(
-        "-s", "-o", "pgtopo_driver=psycopg2", "-o", "pgtopo_backend=external", "--pgtopo-backend=local"
+        "-s",
+        "-o",
+        "pgtopo_driver=psycopg2",
+        "-o",
+        "pgtopo_backend=external",
+        "--pgtopo-backend=local",
     )
     result.assert_outcomes(passed=1)
     # backend: CLI beats ini and env; driver: ini beats env; isolation: env beats the default.
@@ -81,11 +91,27 @@ def test_precedence_cli_over_ini_over_env(
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--pgtopo-backend=kubernetes"], {}, "--pgtopo-backend='kubernetes' is invalid: expected one of: auto, local, docker, external"),
-        ([], {"PGTOPO_ISOLATION": "savepoint"}, "env PGTOPO_ISOLATION='savepoint' is invalid: expected one of: database, rollback"),
-        (["-o", "pgtopo_driver=mysqlclient"], {}, "ini pgtopo_driver='mysqlclient' is invalid: unknown driver 'mysqlclient'*"),
+        (
+            ["--pgtopo-backend=kubernetes"],
+            {},
+            "--pgtopo-backend='kubernetes' is invalid: expected one of: auto, local, docker, external",
+        ),
+        (
+            [],
+            {"PGTOPO_ISOLATION": "savepoint"},
+            "env PGTOPO_ISOLATION='savepoint' is invalid: expected one of: database, rollback",
+        ),
+        (
+            ["-o", "pgtopo_driver=mysqlclient"],
+            {},
+            "ini pgtopo_driver='mysqlclient' is invalid: unknown driver 'mysqlclient'*",
+        ),
         ([], {"PGTOPO_KEEP": "maybe"}, "env PGTOPO_KEEP='maybe' is invalid: expected a boolean*"),
-        (["--pgtopo-pg-bindir=/nonexistent/bin"], {}, "--pgtopo-pg-bindir='/nonexistent/bin' is invalid: expected an existing directory"),
+        (
+            ["--pgtopo-pg-bindir=/nonexistent/bin"],
+            {},
+            "--pgtopo-pg-bindir='/nonexistent/bin' is invalid: expected an existing directory",
+        ),
     ],
 )
 def test_bad_value_is_a_usage_error_naming_option_and_value(

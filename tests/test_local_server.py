@@ -62,14 +62,21 @@ def test_password_auth_only_with_a_fresh_secret(backend: LocalBackend) -> None:
     try:
         primary = topology.primary
         admin = topology.server.admin
-        methods = {row for row in [admin.scalar("SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules")]}
+        methods = {
+            row
+            for row in [
+                admin.scalar("SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules")
+            ]
+        }
         assert methods == {"scram-sha-256"}
         assert admin.scalar("SHOW password_encryption") == "scram-sha-256"
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(**primary.dbapi_kwargs("psycopg") | {"password": "wrong"})
         # The cached cluster's password was rotated away on start.
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(**primary.dbapi_kwargs("psycopg") | {"password": backend.cluster.password})
+            psycopg.connect(
+                **primary.dbapi_kwargs("psycopg") | {"password": backend.cluster.password}
+            )
         psycopg.connect(**primary.dbapi_kwargs("psycopg")).close()
     finally:
         topology.stop()
@@ -78,7 +85,8 @@ def test_password_auth_only_with_a_fresh_secret(backend: LocalBackend) -> None:
 def test_stop_leaves_no_process_and_no_files(backend: LocalBackend) -> None:
     topology = PlainTopology.start(backend)
     process, directory = topology.server.process, topology.server.directory
-    assert process is not None and directory.is_dir()
+    assert process is not None
+    assert directory.is_dir()
     topology.stop()
     assert process.poll() is not None
     assert not directory.exists()
@@ -94,7 +102,9 @@ def test_initdb_runs_once_then_the_cache_is_reused(
     monkeypatch.setenv("PGTOPO_CACHE_DIR", str(cache))
     stamps = []
     for _ in range(2):
-        backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=scratch, keep=False)
+        backend = LocalBackend(
+            pg_bindir=None, pg_bindir_source="default", tmp_root=scratch, keep=False
+        )
         PlainTopology.start(backend).stop()
         backend.close()
         entries = [p for p in cache.iterdir()]
@@ -147,12 +157,14 @@ def test_start_failure_carries_conf_and_log(backend: LocalBackend) -> None:
 
 
 def test_explicit_bindir_without_binaries_is_explained(scratch: Path) -> None:
-    with pytest.raises(BinaryNotFoundError, match=r"--pgtopo-pg-bindir is .* which has no postgres and initdb"):
+    with pytest.raises(
+        BinaryNotFoundError, match=r"--pgtopo-pg-bindir is .* which has no postgres and initdb"
+    ):
         binaries_module.find_pg_binaries(scratch, "--pgtopo-pg-bindir")
 
 
 def test_no_binaries_anywhere_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(binaries_module, "_candidates", lambda explicit, source: [])
+    monkeypatch.setattr(binaries_module, "_candidates", lambda explicit, source: iter([]))
     with pytest.raises(BinaryNotFoundError) as info:
         binaries_module.find_pg_binaries(None)
     message = str(info.value)
@@ -161,7 +173,9 @@ def test_no_binaries_anywhere_says_how_to_install(monkeypatch: pytest.MonkeyPatc
     assert "--pgtopo-pg-bindir" in message
 
 
-def test_missing_binaries_fail_the_fixture_not_the_session(inner: pytest.Pytester, scratch: Path) -> None:
+def test_missing_binaries_fail_the_fixture_not_the_session(
+    inner: pytest.Pytester, scratch: Path
+) -> None:
     inner.makepyfile(
         """
         def test_uses_server(pg_plain): pass
@@ -170,7 +184,9 @@ def test_missing_binaries_fail_the_fixture_not_the_session(inner: pytest.Pyteste
     )
     result = inner.runpytest(f"--pgtopo-pg-bindir={scratch}")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*BinaryNotFoundError: --pgtopo-pg-bindir is * which has no postgres and initdb*"])
+    result.stdout.fnmatch_lines(
+        ["*BinaryNotFoundError: --pgtopo-pg-bindir is * which has no postgres and initdb*"]
+    )
 
 
 def test_cache_location_follows_environment(monkeypatch: pytest.MonkeyPatch) -> None:

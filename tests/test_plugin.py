@@ -48,7 +48,11 @@ def test_defaults_asyncpg_for_async_psycopg_for_sync(inner: pytest.Pytester) -> 
     inner.makepyfile(ENGINE_TESTS)
     result = inner.runpytest("-s")
     result.assert_outcomes(passed=3)
-    assert _ran(result) == ["RAN async asyncpg asyncpg", "RAN both psycopg", "RAN sync psycopg psycopg"]
+    assert _ran(result) == [
+        "RAN async asyncpg asyncpg",
+        "RAN both psycopg",
+        "RAN sync psycopg psycopg",
+    ]
 
 
 def test_all_runs_each_test_once_per_capable_driver(inner: pytest.Pytester) -> None:
@@ -63,7 +67,9 @@ def test_all_runs_each_test_once_per_capable_driver(inner: pytest.Pytester) -> N
     assert [line for line in ran if line.startswith("RAN sync")] == sorted(
         f"RAN sync {name} {name}" for name in sync
     )
-    assert [line for line in ran if line.startswith("RAN both")] == sorted(f"RAN both {n}" for n in both)
+    assert [line for line in ran if line.startswith("RAN both")] == sorted(
+        f"RAN both {n}" for n in both
+    )
 
 
 def test_a_driver_that_cannot_serve_is_skipped_with_the_reason(inner: pytest.Pytester) -> None:
@@ -71,7 +77,9 @@ def test_a_driver_that_cannot_serve_is_skipped_with_the_reason(inner: pytest.Pyt
     result = inner.runpytest("-rs", "--pgtopo-driver=psycopg2,pg8000")
     result.assert_outcomes(passed=2, skipped=4)
     result.stdout.fnmatch_lines(
-        ["*pgtopo: no selected driver (psycopg2, pg8000) can back async engines; drivers that can: asyncpg, psycopg*"]
+        [
+            "*pgtopo: no selected driver (psycopg2, pg8000) can back async engines; drivers that can: asyncpg, psycopg*"
+        ]
     )
 
 
@@ -88,7 +96,9 @@ def test_asking_explicitly_for_an_impossible_driver_is_an_error(inner: pytest.Py
     result = inner.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["*pytest-pgtopo: driver 'psycopg2' has no async API, so it cannot back a async engine; use one of: asyncpg, psycopg*"]
+        [
+            "*pytest-pgtopo: driver 'psycopg2' has no async API, so it cannot back a async engine; use one of: asyncpg, psycopg*"
+        ]
     )
 
 

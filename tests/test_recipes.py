@@ -12,7 +12,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pytest_pgtopo import ClientOptions, Endpoint, SessionSettings, create_async_engine, create_engine
+from pytest_pgtopo import (
+    ClientOptions,
+    Endpoint,
+    SessionSettings,
+    create_async_engine,
+    create_engine,
+)
 
 SETTINGS = SessionSettings(
     application_name="orders-api test",
@@ -114,8 +120,12 @@ def test_engine_arguments_are_inspectable() -> None:
         client=ClientOptions(prepared_statements=False),
         engine_kwargs={"pool_size": 3},
     )
-    assert url.render_as_string(hide_password=False) == "postgresql+psycopg://app:secret@127.0.0.1:5432/orders"
-    assert kwargs["pool_size"] == 3 and kwargs["pool_pre_ping"] is True
+    assert (
+        url.render_as_string(hide_password=False)
+        == "postgresql+psycopg://app:secret@127.0.0.1:5432/orders"
+    )
+    assert kwargs["pool_size"] == 3
+    assert kwargs["pool_pre_ping"] is True
     args = kwargs["connect_args"]
     assert args["application_name"] == "orders"
     assert args["prepare_threshold"] is None

@@ -98,7 +98,9 @@ def spawn(
             env=_child_env(cwd, env),
             start_new_session=True,  # Ctrl-C in the terminal must not reach the server first.
             preexec_fn=_die_with_parent if die_with_parent else None,
-            **_identity(user),
+            user=None if user.is_current else user.uid,
+            group=None if user.is_current else user.gid,
+            extra_groups=None if user.is_current else [],
         )
 
 
@@ -114,7 +116,9 @@ def run(
         cwd=cwd,
         env=_child_env(cwd, env),
         timeout=300,
-        **_identity(user),
+        user=None if user.is_current else user.uid,
+        group=None if user.is_current else user.gid,
+        extra_groups=None if user.is_current else [],
     )
     if result.returncode != 0:
         raise PgtopoError(
@@ -122,9 +126,3 @@ def run(
             f"{result.stdout}{result.stderr}"
         )
     return result
-
-
-def _identity(user: OsUser) -> dict[str, object]:
-    if user.is_current:
-        return {}
-    return {"user": user.uid, "group": user.gid, "extra_groups": []}

@@ -6,6 +6,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,9 @@ class PgBinaries:
         return int(re.split(r"[.a-z]", self.short_version)[0])
 
 
-def find_pg_binaries(explicit: Path | None, explicit_source: str = "--pgtopo-pg-bindir") -> PgBinaries:
+def find_pg_binaries(
+    explicit: Path | None, explicit_source: str = "--pgtopo-pg-bindir"
+) -> PgBinaries:
     """Return the first bindir holding postgres and initdb, in the order the README documents.
 
     `explicit` is the configured bindir (option, ini or PGTOPO_PG_BINDIR), named by `explicit_source`.
@@ -64,15 +67,15 @@ def find_pg_binaries(explicit: Path | None, explicit_source: str = "--pgtopo-pg-
     )
 
 
-def _candidates(explicit: Path | None, explicit_source: str) -> list[tuple[str, Path | None]]:
+def _candidates(explicit: Path | None, explicit_source: str) -> Iterator[tuple[str, Path | None]]:
+    """Lazily, so a hit on PATH never pays for running pg_config or scanning wheels."""
+    yield explicit_source, explicit
     on_path = shutil.which("postgres")
-    return [
-        (explicit_source, explicit),
-        ("PATH", Path(on_path).resolve().parent if on_path else None),
-        ("pg_config --bindir", _pg_config_bindir()),
-        ("debian", _newest_debian_bindir()),
-        *((f"wheel {name}", _wheel_bindir(name)) for name in _SERVER_WHEELS),
-    ]
+    yield "PATH", Path(on_path).resolve().parent if on_path else None
+    yield "pg_config --bindir", _pg_config_bindir()
+    yield "debian", _newest_debian_bindir()
+    for name in _SERVER_WHEELS:
+        yield f"wheel {name}", _wheel_bindir(name)
 
 
 def _pg_config_bindir() -> Path | None:

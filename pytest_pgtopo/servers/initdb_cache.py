@@ -7,6 +7,7 @@ private staging directory and renamed into place, so pytest processes that race 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -54,7 +55,8 @@ class CachedCluster:
         except (OSError, subprocess.CalledProcessError):
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(self.data_dir, target, symlinks=True)
-        local.chown_tree(target, user)
+        if target.stat().st_uid != user.uid:  # cp -a already kept the cache's owner otherwise.
+            local.chown_tree(target, user)
         target.chmod(0o700)
 
 
@@ -87,10 +89,9 @@ def cached_cluster(
         CachedCluster(staging / "data", password).copy_to(filling / "data", user)
         (filling / "password").write_text(password)
         (filling / "password").chmod(0o600)
-        try:
+        # If another process filled the entry first, theirs is as good as ours.
+        with contextlib.suppress(OSError):
             filling.rename(entry)
-        except OSError:
-            pass  # Another process filled the entry first; theirs is as good as ours.
     finally:
         shutil.rmtree(filling, ignore_errors=True)
         shutil.rmtree(staging / "data", ignore_errors=True)

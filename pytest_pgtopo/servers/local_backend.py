@@ -45,7 +45,9 @@ class LocalBackend:
         staging = self.workspace.subdir("initdb")
         return cached_cluster(self.binaries, self.user, default_cache_root(), staging)
 
-    def start_postgres(self, name: str, settings: Mapping[str, str] | None = None) -> PostgresServer:
+    def start_postgres(
+        self, name: str, settings: Mapping[str, str] | None = None
+    ) -> PostgresServer:
         """Start a server from the cached cluster; on any failure nothing is left running."""
         server = PostgresServer(
             name,
@@ -62,8 +64,13 @@ class LocalBackend:
             raise
         return server
 
+    @property
+    def workspace_path(self) -> Path | None:
+        """The workspace directory, or None if nothing was started."""
+        return self._workspace.path if self._workspace is not None else None
+
     def close(self) -> None:
         """Remove the workspace (servers must be stopped first); kept runs leave it in place."""
         if self._workspace is not None and not self.keep:
             self._workspace.remove()
-        self._workspace = None
+            self._workspace = None

@@ -110,7 +110,7 @@ class PostgresServer:
                 self._admin = wait_until_connectable(
                     endpoint, timeout=START_TIMEOUT, alive=self.is_running
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure becomes a ServerStartError.
                 self._kill()
                 port_taken = "could not bind" in self.log_tail(5)
                 if port_taken and attempt + 1 < _PORT_ATTEMPTS:

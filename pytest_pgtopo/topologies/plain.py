@@ -35,7 +35,9 @@ class PlainTopology:
         return [self.server]
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
-        return {f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines)}
+        return {
+            f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines)
+        }
 
     def describe(self) -> str:
         return f"pg_plain primary: {self.primary.describe()}"

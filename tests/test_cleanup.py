@@ -1,0 +1,124 @@
+"""A run leaves no server process and no temp directory behind: on failure, Ctrl-C, or kill -9."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SLOW_TEST = """
+import time
+from pathlib import Path
+import sqlalchemy as sa
+
+def test_waits_to_be_interrupted(pg_sync_engine):
+    with pg_sync_engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    Path("started").write_text("yes")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="pgtopo-cleanup-", dir="/dev/shm"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _servers_using(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline and "postgres" in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _spawn_pytest(inner: pytest.Pytester, scratch: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PGTOPO_TMPDIR": str(scratch)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "pytest_pgtopo", "-q"],
+        cwd=inner.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_failing_run_leaves_nothing_behind(inner: pytest.Pytester, scratch: Path) -> None:
+    inner.makepyfile(
+        """
+        import sqlalchemy as sa
+
+        def test_fails(pg_sync_engine):
+            with pg_sync_engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            assert False
+
+        async def test_errors_in_body(pg_engine):
+            raise RuntimeError("boom")
+        """
+    )
+    result = inner.runpytest_subprocess(f"--pgtopo-tmpdir={scratch}")
+    result.assert_outcomes(failed=2)
+    assert list(scratch.iterdir()) == []
+    assert _servers_using(scratch) == []
+
+
+def test_ctrl_c_leaves_nothing_behind(inner: pytest.Pytester, scratch: Path) -> None:
+    inner.makepyfile(SLOW_TEST)
+    proc = _spawn_pytest(inner, scratch)
+    try:
+        _wait_for(lambda: (inner.path / "started").exists(), 120, "the test to start")
+        assert _servers_using(scratch), "a server should be running mid-test"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert b"KeyboardInterrupt" in out
+    assert _servers_using(scratch) == []
+    assert list(scratch.iterdir()) == []
+
+
+def test_kill_9_takes_the_servers_down_and_the_next_run_sweeps_the_files(
+    inner: pytest.Pytester, scratch: Path
+) -> None:
+    inner.makepyfile(SLOW_TEST)
+    proc = _spawn_pytest(inner, scratch)
+    try:
+        _wait_for(lambda: (inner.path / "started").exists(), 120, "the test to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    _wait_for(lambda: not _servers_using(scratch), 60, "the orphaned server to exit")
+    assert list(scratch.iterdir()), "a killed run cannot remove its own files"
+    (inner.path / "started").unlink()
+    inner.makepyfile("def test_quick(pg_plain): pass")
+    inner.runpytest_subprocess(f"--pgtopo-tmpdir={scratch}").assert_outcomes(passed=1)
+    assert list(scratch.iterdir()) == [], "the next run sweeps a dead run's workspace"
