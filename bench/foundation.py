@@ -146,7 +146,7 @@ def measure_bring_up(root: Path, repeat: int, cold: int) -> Samples:
 def measure_per_test(topology: PlainTopology, repeat: int) -> Samples:
     samples: Samples = {"ours": [], "bare": [], "ours+engine": [], "bare+connect": []}
     endpoint = topology.primary
-    dbs = Databases(topology.server, schema=None)
+    dbs = Databases(topology.server)
     bare = psycopg.connect(**endpoint.dbapi_kwargs("psycopg"), autocommit=True)
 
     def settle() -> None:

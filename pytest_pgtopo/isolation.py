@@ -40,13 +40,16 @@ _UNIT_SAVEPOINT = "pgtopo_unit"
 
 
 class Databases:
-    """Per-test databases on one server, all cloned from one template holding the schema."""
+    """Per-test databases on one server, cloned from one template per schema.
 
-    def __init__(self, server: PostgresServer, schema: SchemaSource) -> None:
+    Different directories of a suite may override `pgtopo_schema` differently, so each
+    distinct schema object gets its own template (and its own shared database in rollback mode).
+    """
+
+    def __init__(self, server: PostgresServer) -> None:
         self.server = server
-        self._schema = schema
-        self._template_ready = False
-        self._shared_ready = False
+        self._templates: dict[int, tuple[SchemaSource, str]] = {}
+        self._shared: dict[str, str] = {}
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._dropper: _Dropper | None = None
@@ -55,11 +58,11 @@ class Databases:
     def admin(self) -> AdminConnection:
         return self.server.admin
 
-    def create(self, label: str) -> str:
+    def create(self, label: str, schema: SchemaSource = None) -> str:
         """A fresh database for one test; `label` (the test name) makes it recognisable."""
-        self._ensure_template()
+        template = self.template(schema)
         name = _database_name(next(self._counter), label)
-        self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {TEMPLATE_DB}")
+        self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {template}")
         return name
 
     def drop_later(self, name: str) -> None:
@@ -68,32 +71,38 @@ class Databases:
             self._dropper = _Dropper(self.server)
         self._dropper.submit(name)
 
-    def shared(self) -> str:
-        """The one database every test shares in rollback mode."""
-        self._ensure_template()
+    def shared(self, schema: SchemaSource = None) -> str:
+        """The one database every test with this schema shares in rollback mode."""
+        template = self.template(schema)
         with self._lock:
-            if not self._shared_ready:
-                self.admin.execute(f"CREATE DATABASE {SHARED_DB} TEMPLATE {TEMPLATE_DB}")
-                self._shared_ready = True
-        return SHARED_DB
+            if template not in self._shared:
+                name = template.replace(TEMPLATE_DB, SHARED_DB)
+                self.admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+                self._shared[template] = name
+        return self._shared[template]
+
+    def template(self, schema: SchemaSource) -> str:
+        """The template database holding `schema`, created and loaded on first use."""
+        with self._lock:
+            # Keyed by identity: schema fixtures are session-scoped, so each is one object.
+            known = self._templates.get(id(schema))
+            if known is not None:
+                return known[1]
+            name = TEMPLATE_DB if not self._templates else f"{TEMPLATE_DB}_{len(self._templates)}"
+            self.admin.execute(f"CREATE DATABASE {name}")
+            load_schema(schema, self.server, name)
+            # No connections allowed: a stray one would make every clone fail with
+            # 'source database "pgtopo_template" is being accessed by other users'.
+            self.admin.execute(
+                f"ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+            )
+            self._templates[id(schema)] = (schema, name)  # Holding `schema` keeps its id unique.
+            return name
 
     def close(self) -> None:
         if self._dropper is not None:
             self._dropper.close()
             self._dropper = None
-
-    def _ensure_template(self) -> None:
-        with self._lock:
-            if self._template_ready:
-                return
-            self.admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-            load_schema(self._schema, self.server, TEMPLATE_DB)
-            # No connections allowed: a stray one would make every clone fail with
-            # 'source database "pgtopo_template" is being accessed by other users'.
-            self.admin.execute(
-                f"ALTER DATABASE {TEMPLATE_DB} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
-            )
-            self._template_ready = True
 
 
 def load_schema(schema: SchemaSource, server: PostgresServer, dbname: str) -> None:

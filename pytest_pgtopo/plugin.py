@@ -248,11 +248,11 @@ def _test_database(
     topology: Topology,
     schema: SchemaSource,
 ) -> Iterator[Endpoint]:
-    databases = session.databases(topology.name, schema)
+    databases = session.databases(topology.name)
     if session.config.isolation == "rollback":
-        yield topology.client_endpoint.with_dbname(databases.shared())
+        yield topology.client_endpoint.with_dbname(databases.shared(schema))
         return
-    name = databases.create(request.node.name)
+    name = databases.create(request.node.name, schema)
     endpoint = topology.client_endpoint.with_dbname(name)
     yield endpoint
     if session.config.keep and _failed(request.node):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .config import PgtopoConfig
 from .endpoint import Endpoint
 from .errors import PgtopoError
-from .isolation import Databases, SchemaSource
+from .isolation import Databases
 from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
 from .topologies.plain import PlainTopology
@@ -58,9 +58,10 @@ class PgtopoSession:
             self.topologies[name] = TOPOLOGY_STARTERS[name](self.backend)
         return self.topologies[name]
 
-    def databases(self, name: str, schema: SchemaSource) -> Databases:
+    def databases(self, name: str) -> Databases:
+        """Per-test databases on topology `name`'s database server."""
         if name not in self._databases:
-            self._databases[name] = Databases(self.topology(name).database_server, schema)
+            self._databases[name] = Databases(self.topology(name).database_server)
         return self._databases[name]
 
     def keep_report(self) -> list[str]:

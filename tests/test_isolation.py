@@ -183,7 +183,7 @@ def test_rollback_mode_turns_commit_and_rollback_into_savepoints(inner: pytest.P
 def test_databases_are_created_from_the_template_and_dropped(
     pg_plain: PlainTopology, pgtopo_session: PgtopoSession
 ) -> None:
-    databases = pgtopo_session.databases("plain", None)
+    databases = pgtopo_session.databases("plain")
     admin = pg_plain.server.admin
     names = [databases.create("test_some thing[psycopg]") for _ in range(3)]
     assert len(set(names)) == 3
@@ -231,3 +231,28 @@ def test_keep_leaves_servers_and_the_failed_database_and_says_how_to_reach_them(
         subprocess.run(cleanup.group(1), shell=True, check=True, timeout=60)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(kept.group(1), connect_timeout=2)
+
+
+@pytest.mark.parametrize("mode", ["database", "rollback"])
+def test_each_directory_gets_the_schema_its_conftest_names(
+    inner: pytest.Pytester, mode: str
+) -> None:
+    for directory, table in (("billing", "invoices"), ("shipping", "parcels")):
+        inner.mkpydir(directory)
+        (inner.path / directory / "conftest.py").write_text(
+            "import pytest\n"
+            "@pytest.fixture(scope='session')\n"
+            "def pgtopo_schema():\n"
+            "    def load(engine):\n"
+            "        with engine.begin() as conn:\n"
+            f"            conn.exec_driver_sql('CREATE TABLE {table} (id int)')\n"
+            "    return load\n"
+        )
+        (inner.path / directory / f"test_{directory}.py").write_text(
+            "import sqlalchemy as sa\n"
+            f"def test_tables_{directory}(pg_sync_engine):\n"
+            "    with pg_sync_engine.connect() as conn:\n"
+            "        tables = conn.scalars(sa.text(\"SELECT tablename FROM pg_tables WHERE schemaname = 'public'\")).all()\n"
+            f"    assert tables == ['{table}']\n"
+        )
+    inner.runpytest(f"--pgtopo-isolation={mode}").assert_outcomes(passed=2)

@@ -1,0 +1,1 @@
+"""A tiny orders service: the kind of app pytest-pgtopo is for."""
