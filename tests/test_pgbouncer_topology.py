@@ -127,6 +127,20 @@ def test_database_created_after_start_is_reachable(topology: BouncerTopology) ->
     assert "made_later" in {row["database"] for row in topology.show_pools()}
 
 
+def test_kill_lets_a_plain_drop_database_through(topology: BouncerTopology) -> None:
+    admin = topology.server.admin
+    admin.execute("CREATE DATABASE dropped_soon")
+    endpoint = topology.bouncer.with_dbname("dropped_soon")
+    with psycopg.connect(**endpoint.dbapi_kwargs("psycopg")) as conn:
+        conn.execute("SELECT 1")
+    # The bouncer keeps its server connection after the client left, as in production; a plain
+    # DROP would wait 5 s for it and then fail with "being accessed by other users".
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dropped_soon'"
+    assert admin.scalar(sessions) == 1
+    topology.kill("dropped_soon")
+    admin.execute("DROP DATABASE dropped_soon")
+
+
 def test_pause_holds_new_queries_until_resume(topology: BouncerTopology) -> None:
     kwargs = topology.bouncer.dbapi_kwargs("psycopg")
     results: list[object] = []
@@ -214,7 +228,9 @@ def test_stop_leaves_no_process_and_no_files(backend: LocalBackend) -> None:
     assert bouncer is not None
     assert server is not None
     directories = [topology.pgbouncer.directory, topology.server.directory]
+    assert sorted(topology.pids()) == sorted([bouncer.pid, server.pid])
     topology.stop()
+    assert topology.pids() == []
     assert bouncer.poll() is not None
     assert server.poll() is not None
     assert not any(path.exists() for path in directories)

@@ -88,6 +88,12 @@ class BouncerTopology:
     def servers(self) -> list[PostgresServer]:
         return [self.server]
 
+    def pids(self) -> list[int]:
+        """Every running process of the topology: the server and PgBouncer (servers() has only
+        PostgreSQL servers, so a keep report built from it would miss the bouncer)."""
+        processes = [self.server.process, self.pgbouncer.process]
+        return [p.pid for p in processes if p is not None and p.poll() is None]
+
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {
             f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines),
@@ -118,6 +124,10 @@ class BouncerTopology:
 
     def reconnect(self, db: str | None = None) -> None:
         self.pgbouncer.reconnect(db)
+
+    def kill(self, db: str) -> None:
+        """Drop the bouncer's connections to `db`, e.g. before DROP DATABASE on the server."""
+        self.pgbouncer.kill(db)
 
     def restart_bouncer(self) -> None:
         self.pgbouncer.restart()
