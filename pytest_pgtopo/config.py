@@ -76,6 +76,15 @@ def _directory(value: str) -> Path | None:
     return path
 
 
+def _executable(value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ValueError("expected an executable file")
+    return path
+
+
 def _driver_list(value: str) -> tuple[str, ...]:
     """'' -> () meaning per-fixture defaults; 'all' -> every installed driver; else a list."""
     text = value.strip()
@@ -114,6 +123,7 @@ OPTIONS: tuple[Option[Any], ...] = (
         (),
     ),
     Option("pg_bindir", "directory with the postgres and initdb binaries", _directory, None),
+    Option("pgbouncer_bin", "the pgbouncer binary (default: searched)", _executable, None),
     Option(
         "keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True
     ),
@@ -138,6 +148,7 @@ class PgtopoConfig:
     driver: tuple[str, ...] = ()
     """Selected drivers; empty means the per-fixture defaults (asyncpg async, psycopg sync)."""
     pg_bindir: Path | None = None
+    pgbouncer_bin: Path | None = None
     keep: bool = False
     isolation: IsolationMode = "database"
     tmpdir: Path | None = None

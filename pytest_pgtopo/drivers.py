@@ -72,6 +72,9 @@ def _libpq_startup(settings: Mapping[str, str]) -> dict[str, Any]:
     return args
 
 
+_LIBPQ_OWN_PARAMETERS = frozenset({"application_name"})
+
+
 def _libpq_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
@@ -110,6 +113,12 @@ class Driver:
     """Turns the common client options into this driver's connect_args."""
     connect_autocommit: Callable[[dict[str, Any]], Any] | None
     """Opens a raw autocommit DBAPI connection (sync drivers only); used for admin work."""
+    own_startup_parameters: frozenset[str] | None = None
+    """Settings sent as startup parameters of their own; None means any. libpq sends only
+    application_name so; the rest go inside `options`, which PgBouncer refuses."""
+    autocommit_behind_pooler: bool = True
+    """False if AUTOCOMMIT breaks behind a transaction pooler (pg8000: its unnamed prepared
+    statement is parsed on one server connection and executed on another)."""
 
     def supports(self, kind: Kind) -> bool:
         return kind in self.kinds
@@ -185,6 +194,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_kwargs,
             _psycopg_client,
             _connect_psycopg,
+            own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
         Driver(
             "psycopg2",
@@ -195,6 +205,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_kwargs,
             _psycopg2_client,
             _connect_psycopg2,
+            own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
         Driver(
             "pg8000",
@@ -205,6 +216,7 @@ DRIVERS: dict[str, Driver] = {
             _database_kwargs,
             _pg8000_client,
             _connect_pg8000,
+            autocommit_behind_pooler=False,
         ),
     )
 }

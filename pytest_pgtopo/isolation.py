@@ -46,8 +46,11 @@ class Databases:
     distinct schema object gets its own template (and its own shared database in rollback mode).
     """
 
-    def __init__(self, server: PostgresServer) -> None:
+    def __init__(
+        self, server: PostgresServer, *, before_drop: Callable[[str], None] | None = None
+    ) -> None:
         self.server = server
+        self._before_drop = before_drop
         self._templates: dict[int, tuple[SchemaSource, str]] = {}
         self._shared: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -68,7 +71,7 @@ class Databases:
     def drop_later(self, name: str) -> None:
         """Drop in the background; close() waits for every pending drop."""
         if self._dropper is None:
-            self._dropper = _Dropper(self.server)
+            self._dropper = _Dropper(self.server, self._before_drop)
         self._dropper.submit(name)
 
     def shared(self, schema: SchemaSource = None) -> str:
@@ -146,8 +149,9 @@ def _database_name(number: int, label: str) -> str:
 class _Dropper:
     """A thread with its own connection that drops databases as tests finish with them."""
 
-    def __init__(self, server: PostgresServer) -> None:
+    def __init__(self, server: PostgresServer, before_drop: Callable[[str], None] | None) -> None:
         self._server = server
+        self._before_drop = before_drop
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._errors: list[str] = []
         self._thread = threading.Thread(target=self._run, name="pgtopo-dropper", daemon=True)
@@ -167,6 +171,8 @@ class _Dropper:
         while (name := self._queue.get()) is not None:
             try:
                 admin = admin or AdminConnection(self._server.endpoint)
+                if self._before_drop is not None:
+                    self._before_drop(name)
                 # FORCE ends any connection a test leaked instead of failing the drop.
                 admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
             except Exception as exc:  # noqa: BLE001 - reported from close(), in the main thread.

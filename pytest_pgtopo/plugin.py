@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Generator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -23,10 +24,14 @@ from .isolation import (
     rollback_outer_transaction,
 )
 from .recipes.engines import create_async_engine, create_engine
+from .recipes.pooler import Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
 from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
+from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+
+T = TypeVar("T")
 
 SESSION_KEY = pytest.StashKey[PgtopoSession]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -35,6 +40,8 @@ REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 ENGINE_FIXTURES: dict[str, tuple[str, Kind]] = {
     "pg_engine": ("pg_plain", "async"),
     "pg_sync_engine": ("pg_plain", "sync"),
+    "pgbouncer_engine": ("pg_bouncer", "async"),
+    "pgbouncer_sync_engine": ("pg_bouncer", "sync"),
 }
 _LOG_TAIL_LINES = 30
 
@@ -183,6 +190,33 @@ def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology:
     return topology
 
 
+@pytest.fixture(scope="session")
+def pg_bouncer(pgtopo_session: PgtopoSession) -> BouncerTopology:
+    """PgBouncer in transaction-pool mode in front of its own PostgreSQL server."""
+    topology = pgtopo_session.topology("bouncer")
+    assert isinstance(topology, BouncerTopology)
+    return topology
+
+
+@pytest.fixture(scope="session")
+def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTopology]:
+    """Build PgBouncer topologies with other options, for your own session fixtures::
+
+        @pytest.fixture(scope="session")
+        def session_pooled(pg_bouncer_factory):
+            return pg_bouncer_factory(pool_mode="session", default_pool_size=2,
+                                      extra_settings={"server_idle_timeout": "5"})
+
+    Keyword arguments are BouncerOptions fields; equal options share one topology, and every
+    topology stops at the end of the session.
+    """
+
+    def build(**options: Any) -> BouncerTopology:
+        return pgtopo_session.custom_bouncer(BouncerOptions(**options))
+
+    return build
+
+
 @pytest.fixture
 def pg_plain_database(
     request: pytest.FixtureRequest,
@@ -194,34 +228,75 @@ def pg_plain_database(
     yield from _test_database(request, pgtopo_session, pg_plain, pgtopo_schema)
 
 
+@pytest.fixture
+def pg_bouncer_database(
+    request: pytest.FixtureRequest,
+    pg_bouncer: BouncerTopology,
+    pgtopo_session: PgtopoSession,
+    pgtopo_schema: SchemaSource,
+    pgtopo_settings: SessionSettings,
+) -> Iterator[Endpoint]:
+    """This test's database, reached through pg_bouncer.
+
+    The settings a transaction pooler refuses at startup (search_path, statement_timeout, ...)
+    are made durable on the database with ALTER DATABASE ... SET, as production should do.
+    """
+    yield from _test_database(
+        request, pgtopo_session, pg_bouncer, pgtopo_schema, durable=pgtopo_settings
+    )
+
+
 # --- fixtures: engines -----------------------------------------------------------------------
 
 
 @pytest.fixture
-def pg_sync_engine(
-    pg_plain_database: Endpoint,
+def pgtopo_engine_recipe(
     pgtopo_driver: str,
     pgtopo_settings: SessionSettings,
     pgtopo_engine_kwargs: dict[str, Any],
     pgtopo_session: PgtopoSession,
+) -> EngineRecipe:
+    """What every engine fixture of this test is built from: driver, settings, kwargs, isolation."""
+    return EngineRecipe(
+        pgtopo_driver,
+        pgtopo_settings,
+        pgtopo_engine_kwargs,
+        rollback=pgtopo_session.config.isolation == "rollback",
+    )
+
+
+@pytest.fixture
+def pg_sync_engine(
+    pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on this test's database of pg_plain, built by pytest_pgtopo.create_engine."""
-    yield from _sync_engine(
-        pg_plain_database, pgtopo_driver, pgtopo_settings, pgtopo_engine_kwargs, pgtopo_session
-    )
+    yield from pgtopo_engine_recipe.sync_engine(pg_plain_database)
 
 
 @pytest_asyncio.fixture
 async def pg_engine(
-    pg_plain_database: Endpoint,
-    pgtopo_driver: str,
-    pgtopo_settings: SessionSettings,
-    pgtopo_engine_kwargs: dict[str, Any],
-    pgtopo_session: PgtopoSession,
+    pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on this test's database of pg_plain, built by create_async_engine."""
-    async for engine in _async_engine(
-        pg_plain_database, pgtopo_driver, pgtopo_settings, pgtopo_engine_kwargs, pgtopo_session
+    async for engine in pgtopo_engine_recipe.async_engine(pg_plain_database):
+        yield engine
+
+
+@pytest.fixture
+def pgbouncer_sync_engine(
+    pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine through pg_bouncer, built with create_engine(..., pooler="transaction")."""
+    yield from pgtopo_engine_recipe.sync_engine(pg_bouncer_database, pooler="transaction")
+
+
+@pytest_asyncio.fixture
+async def pgbouncer_engine(
+    pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine through pg_bouncer, built with create_async_engine(..., pooler=...)."""
+    async for engine in pgtopo_engine_recipe.async_engine(
+        pg_bouncer_database, pooler="transaction"
     ):
         yield engine
 
@@ -247,14 +322,20 @@ def _test_database(
     session: PgtopoSession,
     topology: Topology,
     schema: SchemaSource,
+    *,
+    durable: SessionSettings | None = None,
 ) -> Iterator[Endpoint]:
-    databases = session.databases(topology.name)
+    databases = session.databases(topology)
     if session.config.isolation == "rollback":
-        yield topology.client_endpoint.with_dbname(databases.shared(schema))
-        return
-    name = databases.create(request.node.name, schema)
+        name = databases.shared(schema)
+    else:
+        name = databases.create(request.node.name, schema)
+    for statement in durable_settings_sql(durable, database=name) if durable else []:
+        databases.admin.execute(statement)
     endpoint = topology.client_endpoint.with_dbname(name)
     yield endpoint
+    if session.config.isolation == "rollback":
+        return
     if session.config.keep and _failed(request.node):
         session.kept_databases.append(KeptDatabase(request.node.nodeid, endpoint))
     else:
@@ -266,55 +347,55 @@ def _failed(item: pytest.Item) -> bool:
     return any(report.failed for report in reports.values())
 
 
-def _sync_engine(
-    endpoint: Endpoint,
-    driver: str,
-    settings: SessionSettings,
-    engine_kwargs: dict[str, Any],
-    session: PgtopoSession,
-) -> Iterator[sqlalchemy.Engine]:
-    rollback = session.config.isolation == "rollback"
-    kwargs = {**engine_kwargs, **(rollback_engine_kwargs() if rollback else {})}
-    engine = _build(create_engine, endpoint, driver, settings, kwargs)
+@dataclass(frozen=True)
+class EngineRecipe:
+    """Builds a test's engines, and in rollback mode wraps them in the outer transaction."""
+
+    driver: str
+    settings: SessionSettings
+    engine_kwargs: dict[str, Any]
+    rollback: bool
+
+    def _arguments(self, pooler: Pooler | None) -> dict[str, Any]:
+        kwargs = {**self.engine_kwargs, **(rollback_engine_kwargs() if self.rollback else {})}
+        return {"settings": self.settings, "pooler": pooler, **kwargs}
+
+    def sync_engine(
+        self, endpoint: Endpoint, pooler: Pooler | None = None
+    ) -> Iterator[sqlalchemy.Engine]:
+        engine = _explained(lambda: create_engine(endpoint, self.driver, **self._arguments(pooler)))
+        try:
+            if self.rollback:
+                with engine.connect() as connection:
+                    begin_outer_transaction(connection)
+            yield engine
+            if self.rollback:
+                with engine.connect() as connection:
+                    rollback_outer_transaction(connection)
+        finally:
+            engine.dispose()
+
+    async def async_engine(
+        self, endpoint: Endpoint, pooler: Pooler | None = None
+    ) -> AsyncIterator[AsyncEngine]:
+        engine = _explained(
+            lambda: create_async_engine(endpoint, self.driver, **self._arguments(pooler))
+        )
+        try:
+            if self.rollback:
+                async with engine.connect() as connection:
+                    await connection.run_sync(begin_outer_transaction)
+            yield engine
+            if self.rollback:
+                async with engine.connect() as connection:
+                    await connection.run_sync(rollback_outer_transaction)
+        finally:
+            await engine.dispose()
+
+
+def _explained(build: Callable[[], T]) -> T:
     try:
-        if rollback:
-            with engine.connect() as connection:
-                begin_outer_transaction(connection)
-        yield engine
-        if rollback:
-            with engine.connect() as connection:
-                rollback_outer_transaction(connection)
-    finally:
-        engine.dispose()
-
-
-async def _async_engine(
-    endpoint: Endpoint,
-    driver: str,
-    settings: SessionSettings,
-    engine_kwargs: dict[str, Any],
-    session: PgtopoSession,
-) -> AsyncIterator[AsyncEngine]:
-    rollback = session.config.isolation == "rollback"
-    kwargs = {**engine_kwargs, **(rollback_engine_kwargs() if rollback else {})}
-    engine = _build(create_async_engine, endpoint, driver, settings, kwargs)
-    try:
-        if rollback:
-            async with engine.connect() as connection:
-                await connection.run_sync(begin_outer_transaction)
-        yield engine
-        if rollback:
-            async with engine.connect() as connection:
-                await connection.run_sync(rollback_outer_transaction)
-    finally:
-        await engine.dispose()
-
-
-def _build(
-    factory: Any, endpoint: Endpoint, driver: str, settings: SessionSettings, kwargs: dict[str, Any]
-) -> Any:
-    try:
-        return factory(endpoint, driver, settings=settings, **kwargs)
+        return build()
     except PgtopoError as exc:
         # A driver asked for explicitly that cannot serve this fixture: fail the setup, say why.
         pytest.fail(f"pytest-pgtopo: {exc}", pytrace=False)

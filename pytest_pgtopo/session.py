@@ -14,11 +14,15 @@ from .errors import PgtopoError
 from .isolation import Databases
 from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
+from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
 from .workspace import default_root
 
-TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend], Topology]] = {
-    "plain": PlainTopology.start,
+TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend, PgtopoConfig], Topology]] = {
+    "plain": lambda backend, config: PlainTopology.start(backend),
+    "bouncer": lambda backend, config: BouncerTopology.start(
+        backend, pgbouncer_bin=config.pgbouncer_bin
+    ),
 }
 
 
@@ -34,7 +38,7 @@ class PgtopoSession:
     topologies: dict[str, Topology] = field(default_factory=dict)
     kept_databases: list[KeptDatabase] = field(default_factory=list)
     _backend: LocalBackend | None = None
-    _databases: dict[str, Databases] = field(default_factory=dict)
+    _databases: dict[int, Databases] = field(default_factory=dict)
 
     @property
     def backend(self) -> LocalBackend:
@@ -55,25 +59,34 @@ class PgtopoSession:
     def topology(self, name: str) -> Topology:
         """The running topology `name`, started on first use."""
         if name not in self.topologies:
-            self.topologies[name] = TOPOLOGY_STARTERS[name](self.backend)
+            self.topologies[name] = TOPOLOGY_STARTERS[name](self.backend, self.config)
         return self.topologies[name]
 
-    def databases(self, name: str) -> Databases:
-        """Per-test databases on topology `name`'s database server."""
-        if name not in self._databases:
-            self._databases[name] = Databases(self.topology(name).database_server)
-        return self._databases[name]
+    def custom_bouncer(self, options: BouncerOptions) -> BouncerTopology:
+        """A PgBouncer topology with non-default options, one per distinct options value."""
+        name = f"bouncer {options}"
+        if name not in self.topologies:
+            self.topologies[name] = BouncerTopology.start(
+                self.backend, options, pgbouncer_bin=self.config.pgbouncer_bin
+            )
+        topology = self.topologies[name]
+        assert isinstance(topology, BouncerTopology)
+        return topology
+
+    def databases(self, topology: Topology) -> Databases:
+        """Per-test databases on `topology`'s database server."""
+        key = id(topology)
+        if key not in self._databases:
+            # Behind a pooler, its idle server connections must go before a database can drop.
+            release = topology.kill if isinstance(topology, BouncerTopology) else None
+            self._databases[key] = Databases(topology.database_server, before_drop=release)
+        return self._databases[key]
 
     def keep_report(self) -> list[str]:
         """What --pgtopo-keep left behind and a shell line that stops and removes it."""
         lines = [topology.describe() for topology in self.topologies.values()]
         workspace = self._backend.workspace_path if self._backend is not None else None
-        pids = [
-            str(server.process.pid)
-            for topology in self.topologies.values()
-            for server in topology.servers()
-            if server.process is not None
-        ]
+        pids = [str(pid) for topology in self.topologies.values() for pid in topology.pids()]
         if workspace is not None and pids:
             lines.append(f"data, sockets and logs: {workspace}")
             waits = " ".join(pids)

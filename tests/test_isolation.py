@@ -183,7 +183,7 @@ def test_rollback_mode_turns_commit_and_rollback_into_savepoints(inner: pytest.P
 def test_databases_are_created_from_the_template_and_dropped(
     pg_plain: PlainTopology, pgtopo_session: PgtopoSession
 ) -> None:
-    databases = pgtopo_session.databases("plain")
+    databases = pgtopo_session.databases(pg_plain)
     admin = pg_plain.server.admin
     names = [databases.create("test_some thing[psycopg]") for _ in range(3)]
     assert len(set(names)) == 3

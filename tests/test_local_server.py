@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,22 +15,6 @@ from pytest_pgtopo.servers import binaries as binaries_module
 from pytest_pgtopo.servers.initdb_cache import default_cache_root
 from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.topologies.plain import PlainTopology
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory the server user can enter (pytest's own tmp_path is 0700 root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="pgtopo-test-", dir="/dev/shm"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def backend(scratch: Path) -> Iterator[LocalBackend]:
-    backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=scratch, keep=False)
-    yield backend
-    backend.close()
 
 
 def _uid_of(pid: int) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,22 +22,6 @@ from pytest_pgtopo.servers.pgbouncer import PgBouncerBinary, check_settings, par
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
 
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory the server user can enter (pytest's own tmp_path is 0700 root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="pgtopo-test-", dir="/dev/shm"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def backend(scratch: Path) -> Iterator[LocalBackend]:
-    backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=scratch, keep=False)
-    yield backend
-    backend.close()
 
 
 @pytest.fixture

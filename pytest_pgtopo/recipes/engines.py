@@ -6,6 +6,7 @@ plugin's fixtures. Each returns a plain SQLAlchemy Engine or AsyncEngine.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import sqlalchemy
@@ -15,6 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from .. import drivers
 from ..drivers import ClientOptions, Kind
 from ..endpoint import Endpoint
+from ..errors import DriverUnsupportedError
+from . import pooler as pooler_module
+from .pooler import Pooler
 from .settings import SessionSettings
 
 DEFAULT_CLIENT = ClientOptions(command_timeout=60.0)
@@ -28,16 +32,34 @@ def engine_arguments(
     settings: SessionSettings,
     client: ClientOptions,
     engine_kwargs: dict[str, Any],
+    pooler: Pooler | None = None,
 ) -> tuple[sqlalchemy.URL, dict[str, Any]]:
-    """The URL and create_engine() keyword arguments the recipes use, for inspection or reuse."""
+    """The URL and create_engine() keyword arguments the recipes use, for inspection or reuse.
+
+    With `pooler="transaction"` (PgBouncer in transaction mode) prepared-statement caches go
+    off and only the startup parameters the pooler accepts are sent; apply the rest with
+    `durable_settings_sql()` on the server.
+    """
     spec = drivers.get(driver)
     spec.require(kind)
     spec.require_installed()
     kwargs = dict(engine_kwargs)
+    startup = settings.server_settings()
+    if pooler == "transaction":
+        client = dataclasses.replace(client, prepared_statements=False)
+        startup = pooler_module.startup_settings(settings, spec)
+        if kwargs.get("isolation_level") == "AUTOCOMMIT" and not spec.autocommit_behind_pooler:
+            raise DriverUnsupportedError(
+                f"driver {driver!r} fails in AUTOCOMMIT behind a transaction pooler (its unnamed "
+                "statement is parsed on one server connection and executed on another); use "
+                "transactions, or psycopg, psycopg2 or asyncpg"
+            )
+        # Recycle before PgBouncer's or a load balancer's idle timeouts close it under us.
+        kwargs.setdefault("pool_recycle", 1800)
     connect_args = {
         **endpoint.connect_args(driver),
         **spec.client_args(client),
-        **spec.startup_args(settings.server_settings()),
+        **spec.startup_args(startup),
         **kwargs.pop("connect_args", {}),
     }
     # A pooled connection may have been closed by a server restart or failover: test it first.
@@ -51,11 +73,13 @@ def create_engine(
     *,
     settings: SessionSettings | None = None,
     client: ClientOptions = DEFAULT_CLIENT,
+    pooler: Pooler | None = None,
     **engine_kwargs: Any,
 ) -> sqlalchemy.Engine:
     """A sync Engine for `endpoint` with `settings` applied to every connection.
 
     `engine_kwargs` go to sqlalchemy.create_engine(); `connect_args` in them are merged last.
+    `pooler="transaction"` adapts the engine to PgBouncer in transaction mode.
     """
     url, kwargs = engine_arguments(
         endpoint,
@@ -64,6 +88,7 @@ def create_engine(
         settings=settings or SessionSettings(),
         client=client,
         engine_kwargs=engine_kwargs,
+        pooler=pooler,
     )
     return sqlalchemy.create_engine(url, **kwargs)
 
@@ -74,6 +99,7 @@ def create_async_engine(
     *,
     settings: SessionSettings | None = None,
     client: ClientOptions = DEFAULT_CLIENT,
+    pooler: Pooler | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An AsyncEngine for `endpoint`; `driver` must be async-capable (asyncpg or psycopg)."""
@@ -84,5 +110,6 @@ def create_async_engine(
         settings=settings or SessionSettings(),
         client=client,
         engine_kwargs=engine_kwargs,
+        pooler=pooler,
     )
     return sa_create_async_engine(url, **kwargs)

@@ -25,6 +25,10 @@ class Topology(Protocol):
         """Every PostgreSQL server of the topology, for logs and teardown."""
         ...
 
+    def pids(self) -> list[int]:
+        """Every running process of the topology (servers, poolers), for --pgtopo-keep."""
+        ...
+
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         """Last lines of each process's log, keyed by a label naming the process."""
         ...

@@ -34,6 +34,10 @@ class PlainTopology:
     def servers(self) -> list[PostgresServer]:
         return [self.server]
 
+    def pids(self) -> list[int]:
+        process = self.server.process
+        return [process.pid] if process is not None and process.poll() is None else []
+
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {
             f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines)
