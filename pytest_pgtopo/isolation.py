@@ -12,6 +12,7 @@ see its own work from a second connection.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -172,7 +173,9 @@ class _Dropper:
             try:
                 admin = admin or AdminConnection(self._server.endpoint)
                 if self._before_drop is not None:
-                    self._before_drop(name)
+                    # Best effort (the pooler may be restarting): FORCE below is the guarantee.
+                    with contextlib.suppress(Exception):
+                        self._before_drop(name)
                 # FORCE ends any connection a test leaked instead of failing the drop.
                 admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
             except Exception as exc:  # noqa: BLE001 - reported from close(), in the main thread.

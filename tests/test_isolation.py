@@ -60,10 +60,16 @@ def _expected_runs(driver_option: str) -> int:
     return 2 * sync + 2 * asynchronous
 
 
+@pytest.mark.parametrize("topology", ["pg_plain", "pg_bouncer"])
 @pytest.mark.parametrize("mode", ["database", "rollback"])
-def test_tests_never_see_each_others_rows(inner: pytest.Pytester, mode: str) -> None:
+def test_tests_never_see_each_others_rows(inner: pytest.Pytester, mode: str, topology: str) -> None:
     inner.makeconftest(METADATA_SCHEMA)
-    inner.makepyfile(WRITE_AND_COUNT)
+    if topology == "pg_bouncer":
+        # The same tests through PgBouncer in transaction mode.
+        engines = WRITE_AND_COUNT.replace("pg_sync_engine", "pgbouncer_sync_engine")
+        inner.makepyfile(engines.replace("pg_engine", "pgbouncer_engine"))
+    else:
+        inner.makepyfile(WRITE_AND_COUNT)
     result = inner.runpytest("--pgtopo-driver=all", f"--pgtopo-isolation={mode}")
     result.assert_outcomes(passed=_expected_runs("all"))
 

@@ -324,12 +324,14 @@ class PgBouncer:
         self.admin(_with_db("RECONNECT", db))
 
     def kill(self, db: str) -> None:
-        """KILL db: drop its client and server connections now and forget the (wildcard) pool.
+        """KILL db, then RESUME db: drop its client and server connections now; new clients
+        may connect again (after KILL alone they would wait for a RESUME).
 
         Call it before DROP DATABASE: otherwise PgBouncer's idle server connections make a plain
         drop fail ("being accessed by other users") and WITH (FORCE) wait ~100 ms for them.
         """
         self.admin(_with_db("KILL", db))
+        self.admin(_with_db("RESUME", db))
 
     def stop(self) -> None:
         """Stop immediately, escalating to SIGKILL if it hangs; then delete its files."""
