@@ -16,21 +16,26 @@ from .errors import (
     ServerStartError,
 )
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
+from .recipes.pooler import Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
+from .topologies.bouncer import BouncerOptions
 
 # Registered by `-p pytest_pgtopo`; importing the package outside pytest does not import pytest.
 pytest_plugins = ["pytest_pgtopo.plugin"]
 
 __all__ = [
     "BinaryNotFoundError",
+    "BouncerOptions",
     "ClientOptions",
     "DriverNotInstalledError",
     "DriverUnsupportedError",
     "Endpoint",
     "PgtopoError",
+    "Pooler",
     "ServerStartError",
     "SessionSettings",
     "create_async_engine",
     "create_engine",
+    "durable_settings_sql",
     "engine_arguments",
 ]

@@ -8,7 +8,8 @@ PRINT_CONFIG = """
 def test_show(pytestconfig):
     from pytest_pgtopo.plugin import SESSION_KEY
     cfg = pytestconfig.stash[SESSION_KEY].config
-    print("CONFIG", cfg.backend, ",".join(cfg.drivers), cfg.keep, cfg.isolation, cfg.pg_bindir)
+    print("CONFIG", cfg.backend, ",".join(cfg.drivers), cfg.keep, cfg.isolation, cfg.pg_bindir,
+          cfg.pgbouncer_bin, cfg.tmpdir)
     print("SOURCES", dict(cfg.sources))
 """
 
@@ -23,22 +24,34 @@ def test_defaults(inner: pytest.Pytester) -> None:
     inner.makepyfile(PRINT_CONFIG)
     result = inner.runpytest("-s")
     result.assert_outcomes(passed=1)
-    assert _config_line(result) == "CONFIG auto  False database None"
+    assert _config_line(result) == "CONFIG auto  False database None None None"
 
 
 @pytest.mark.parametrize(
     ("key", "cli", "value", "expected"),
     [
-        ("backend", "--pgtopo-backend", "local", "CONFIG local  False database None"),
+        ("backend", "--pgtopo-backend", "local", "CONFIG local  False database None None None"),
         (
             "driver",
             "--pgtopo-driver",
             "pg8000,psycopg2",
-            "CONFIG auto pg8000,psycopg2 False database None",
+            "CONFIG auto pg8000,psycopg2 False database None None None",
         ),
-        ("isolation", "--pgtopo-isolation", "rollback", "CONFIG auto  False rollback None"),
-        ("keep", "--pgtopo-keep", "yes", "CONFIG auto  True database None"),
-        ("pg_bindir", "--pgtopo-pg-bindir", "/usr", "CONFIG auto  False database /usr"),
+        (
+            "isolation",
+            "--pgtopo-isolation",
+            "rollback",
+            "CONFIG auto  False rollback None None None",
+        ),
+        ("keep", "--pgtopo-keep", "yes", "CONFIG auto  True database None None None"),
+        ("pg_bindir", "--pgtopo-pg-bindir", "/usr", "CONFIG auto  False database /usr None None"),
+        (
+            "pgbouncer_bin",
+            "--pgtopo-pgbouncer-bin",
+            "/bin/sh",
+            "CONFIG auto  False database None /bin/sh None",
+        ),
+        ("tmpdir", "--pgtopo-tmpdir", "/tmp", "CONFIG auto  False database None None /tmp"),
     ],
 )
 @pytest.mark.parametrize("channel", ["cli", "ini", "env"])
@@ -85,7 +98,7 @@ def test_precedence_cli_over_ini_over_env(
     )
     result.assert_outcomes(passed=1)
     # backend: CLI beats ini and env; driver: ini beats env; isolation: env beats the default.
-    assert _config_line(result) == "CONFIG local psycopg2 False rollback None"
+    assert _config_line(result) == "CONFIG local psycopg2 False rollback None None None"
 
 
 @pytest.mark.parametrize(
@@ -107,6 +120,11 @@ def test_precedence_cli_over_ini_over_env(
             "ini pgtopo_driver='mysqlclient' is invalid: unknown driver 'mysqlclient'*",
         ),
         ([], {"PGTOPO_KEEP": "maybe"}, "env PGTOPO_KEEP='maybe' is invalid: expected a boolean*"),
+        (
+            ["--pgtopo-pgbouncer-bin=/etc/passwd"],
+            {},
+            "--pgtopo-pgbouncer-bin='/etc/passwd' is invalid: expected an executable file",
+        ),
         (
             ["--pgtopo-pg-bindir=/nonexistent/bin"],
             {},

@@ -26,6 +26,7 @@ from pytest_pgtopo import (
     create_engine,
     drivers,
 )
+from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.bouncer import BouncerTopology
 
 WORKERS = 20
@@ -396,3 +397,36 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+
+
+def test_factory_builds_other_pool_modes_and_settings(
+    pg_bouncer_factory: Callable[..., BouncerTopology], pgtopo_session: PgtopoSession
+) -> None:
+    options: dict[str, Any] = {
+        "pool_mode": "session",
+        "default_pool_size": 2,
+        "extra_settings": {"server_idle_timeout": "7"},
+    }
+    topology = pg_bouncer_factory(**options)
+    assert pg_bouncer_factory(**options) is topology, "equal options share one topology"
+    config = {row["key"]: row["value"] for row in topology.pgbouncer.show("CONFIG")}
+    assert (config["pool_mode"], config["default_pool_size"], config["server_idle_timeout"]) == (
+        "session",
+        "2",
+        "7",
+    )
+    # Session pooling pins a server connection per client: psycopg's prepared statements work.
+    databases = pgtopo_session.databases(topology)
+    name = databases.create("factory", METADATA)
+    engine = create_engine(
+        topology.bouncer.with_dbname(name),
+        "psycopg",
+        settings=NO_STARTUP_SETTINGS,
+        pool_size=2,
+        max_overflow=0,
+    )
+    try:
+        assert sync_workload(engine) == []
+    finally:
+        engine.dispose()
+        databases.drop_later(name)

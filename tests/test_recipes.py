@@ -130,3 +130,17 @@ def test_engine_arguments_are_inspectable() -> None:
     assert args["application_name"] == "orders"
     assert args["prepare_threshold"] is None
     assert r"-c search_path=a,\ b" in args["options"]
+
+
+def test_durable_settings_sql_quotes_lists_and_values() -> None:
+    from pytest_pgtopo import durable_settings_sql
+
+    settings = SessionSettings(search_path='"$user", tenant_a', statement_timeout="5s")
+    assert durable_settings_sql(settings, role="app", database="orders") == [
+        'ALTER ROLE "app" IN DATABASE "orders" SET TimeZone = \'UTC\'',
+        'ALTER ROLE "app" IN DATABASE "orders" SET search_path = "$user", "tenant_a"',
+        'ALTER ROLE "app" IN DATABASE "orders" SET statement_timeout = \'5s\'',
+        'ALTER ROLE "app" IN DATABASE "orders" SET idle_in_transaction_session_timeout = \'60000\'',
+    ]
+    with pytest.raises(ValueError, match="name a database, a role, or both"):
+        durable_settings_sql(settings)
