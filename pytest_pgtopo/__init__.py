@@ -18,7 +18,9 @@ from .errors import (
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
 from .recipes.pooler import Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
+from .tls import TlsClient, TlsMode
 from .topologies.bouncer import BouncerOptions
+from .topologies.tls import TlsOptions
 
 # Registered by `-p pytest_pgtopo`; importing the package outside pytest does not import pytest.
 pytest_plugins = ["pytest_pgtopo.plugin"]
@@ -34,6 +36,9 @@ __all__ = [
     "Pooler",
     "ServerStartError",
     "SessionSettings",
+    "TlsClient",
+    "TlsMode",
+    "TlsOptions",
     "create_async_engine",
     "create_engine",
     "durable_settings_sql",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import DriverNotInstalledError, DriverUnsupportedError
+from .tls import TlsClient
 
 Kind = Literal["sync", "async"]
 
@@ -56,6 +57,21 @@ def _pg8000_client(options: ClientOptions) -> dict[str, Any]:
     # pg8000's `timeout` is a socket timeout for every operation, so connect_timeout is left to
     # the server's statement_timeout; pg8000 only uses unnamed statements outside its cache.
     return {}
+
+
+def _libpq_tls(tls: TlsClient) -> dict[str, Any]:
+    # Plain strings: they can ride in the URL's query (?sslmode=verify-full&sslrootcert=...).
+    return dict(tls.libpq_params())
+
+
+def _asyncpg_tls(tls: TlsClient) -> dict[str, Any]:
+    # asyncpg rejects `sslmode` (TypeError); it takes an SSLContext as `ssl`.
+    return {"ssl": tls.ssl_context()}
+
+
+def _pg8000_tls(tls: TlsClient) -> dict[str, Any]:
+    # pg8000's default ssl_context (None or True) encrypts WITHOUT verifying the server.
+    return {"ssl_context": tls.ssl_context()}
 
 
 def _libpq_startup(settings: Mapping[str, str]) -> dict[str, Any]:
@@ -111,6 +127,8 @@ class Driver:
     """Keyword arguments for the raw DBAPI connect(), from host, port, user, password, dbname."""
     client_args: Callable[[ClientOptions], dict[str, Any]]
     """Turns the common client options into this driver's connect_args."""
+    tls_args: Callable[[TlsClient], dict[str, Any]]
+    """Turns client TLS settings into this driver's connect arguments."""
     connect_autocommit: Callable[[dict[str, Any]], Any] | None
     """Opens a raw autocommit DBAPI connection (sync drivers only); used for admin work."""
     own_startup_parameters: frozenset[str] | None = None
@@ -183,6 +201,7 @@ DRIVERS: dict[str, Driver] = {
             _asyncpg_startup,
             _database_kwargs,
             _asyncpg_client,
+            _asyncpg_tls,
             None,
         ),
         Driver(
@@ -193,6 +212,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_startup,
             _libpq_kwargs,
             _psycopg_client,
+            _libpq_tls,
             _connect_psycopg,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -204,6 +224,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_startup,
             _libpq_kwargs,
             _psycopg2_client,
+            _libpq_tls,
             _connect_psycopg2,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -215,6 +236,7 @@ DRIVERS: dict[str, Driver] = {
             _pg8000_startup,
             _database_kwargs,
             _pg8000_client,
+            _pg8000_tls,
             _connect_pg8000,
             autocommit_behind_pooler=False,
         ),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import URL
 
 from . import drivers
+from .tls import TlsClient, TlsMode
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,14 @@ class Endpoint:
     user: str
     password: str = dataclasses.field(repr=False)
     dbname: str
+    tls: TlsClient | None = None
+    """How to verify the server over TLS; None for plain TCP."""
 
     def url(self, driver: str) -> URL:
-        """A SQLAlchemy URL for `driver` (asyncpg, psycopg, psycopg2 or pg8000)."""
+        """A SQLAlchemy URL for `driver` (asyncpg, psycopg, psycopg2 or pg8000).
+
+        TLS settings that are plain strings (libpq's sslmode, sslrootcert, ...) ride in the query.
+        """
         return URL.create(
             drivers.get(driver).drivername,
             username=self.user,
@@ -34,22 +40,39 @@ class Endpoint:
             host=self.host,
             port=self.port,
             database=self.dbname,
+            query=self._tls_args(driver)[0],
         )
 
     def connect_args(self, driver: str) -> dict[str, Any]:
-        """What the URL cannot carry for `driver` (TLS contexts, for example); empty for plain TCP."""
-        drivers.get(driver)
-        return {}
+        """What the URL cannot carry for `driver`: an SSLContext for asyncpg and pg8000 over TLS;
+        empty for plain TCP and for libpq drivers."""
+        return self._tls_args(driver)[1]
 
     def dbapi_kwargs(self, driver: str) -> dict[str, Any]:
         """Keyword arguments for the driver's own connect(), bypassing SQLAlchemy."""
         kwargs = drivers.get(driver).dbapi_kwargs(
             self.host, self.port, self.user, self.password, self.dbname
         )
-        return {**kwargs, **self.connect_args(driver)}
+        in_url, objects = self._tls_args(driver)
+        return {**kwargs, **in_url, **objects}
+
+    def _tls_args(self, driver: str) -> tuple[dict[str, str], dict[str, Any]]:
+        """(string arguments for the URL query, other arguments for connect_args)."""
+        spec = drivers.get(driver)
+        if self.tls is None:
+            return {}, {}
+        args = spec.tls_args(self.tls)
+        strings = {k: v for k, v in args.items() if isinstance(v, str)}
+        return strings, {k: v for k, v in args.items() if k not in strings}
 
     def with_dbname(self, dbname: str) -> Endpoint:
         return dataclasses.replace(self, dbname=dbname)
+
+    def with_tls_mode(self, mode: TlsMode) -> Endpoint:
+        """The same endpoint verified differently (`require` is weaker: no server identity check)."""
+        if self.tls is None:
+            raise ValueError(f"{self.host}:{self.port} is a plain TCP endpoint; it has no TLS mode")
+        return dataclasses.replace(self, tls=dataclasses.replace(self.tls, mode=mode))
 
     def describe(self) -> str:
         """A libpq-style DSN with the password, for printing to the person running the tests."""

@@ -30,6 +30,7 @@ from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+from .topologies.tls import TlsOptions, TlsTopology
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ ENGINE_FIXTURES: dict[str, tuple[str, Kind]] = {
     "pg_sync_engine": ("pg_plain", "sync"),
     "pgbouncer_engine": ("pg_bouncer", "async"),
     "pgbouncer_sync_engine": ("pg_bouncer", "sync"),
+    "tls_engine": ("pg_tls", "async"),
+    "tls_sync_engine": ("pg_tls", "sync"),
 }
 _LOG_TAIL_LINES = 30
 
@@ -217,6 +220,29 @@ def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTo
     return build
 
 
+@pytest.fixture(scope="session")
+def pg_tls(pgtopo_session: PgtopoSession) -> TlsTopology:
+    """A server that accepts TLS only; its certificate comes from a trustme CA at `.ca_path`."""
+    topology = pgtopo_session.topology("tls")
+    assert isinstance(topology, TlsTopology)
+    return topology
+
+
+@pytest.fixture(scope="session")
+def pg_tls_factory(pgtopo_session: PgtopoSession) -> Callable[..., TlsTopology]:
+    """Build TLS topologies with other options (TlsOptions fields)::
+
+    @pytest.fixture(scope="session")
+    def mtls(pg_tls_factory):
+        return pg_tls_factory(client_certificates=True)
+    """
+
+    def build(**options: Any) -> TlsTopology:
+        return pgtopo_session.custom_tls(TlsOptions(**options))
+
+    return build
+
+
 @pytest.fixture
 def pg_plain_database(
     request: pytest.FixtureRequest,
@@ -244,6 +270,17 @@ def pg_bouncer_database(
     yield from _test_database(
         request, pgtopo_session, pg_bouncer, pgtopo_schema, durable=pgtopo_settings
     )
+
+
+@pytest.fixture
+def pg_tls_database(
+    request: pytest.FixtureRequest,
+    pg_tls: TlsTopology,
+    pgtopo_session: PgtopoSession,
+    pgtopo_schema: SchemaSource,
+) -> Iterator[Endpoint]:
+    """This test's database on pg_tls; the endpoint verifies the server (verify-full)."""
+    yield from _test_database(request, pgtopo_session, pg_tls, pgtopo_schema)
 
 
 # --- fixtures: engines -----------------------------------------------------------------------
@@ -298,6 +335,23 @@ async def pgbouncer_engine(
     async for engine in pgtopo_engine_recipe.async_engine(
         pg_bouncer_database, pooler="transaction"
     ):
+        yield engine
+
+
+@pytest.fixture
+def tls_sync_engine(
+    pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on pg_tls over TLS with verify-full, whatever the driver."""
+    yield from pgtopo_engine_recipe.sync_engine(pg_tls_database)
+
+
+@pytest_asyncio.fixture
+async def tls_engine(
+    pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on pg_tls over TLS with verify-full (asyncpg: an SSLContext)."""
+    async for engine in pgtopo_engine_recipe.async_engine(pg_tls_database):
         yield engine
 
 

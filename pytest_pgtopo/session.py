@@ -16,6 +16,7 @@ from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+from .topologies.tls import TlsOptions, TlsTopology
 from .workspace import default_root
 
 TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend, PgtopoConfig], Topology]] = {
@@ -23,6 +24,7 @@ TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend, PgtopoConfig], Topology]] =
     "bouncer": lambda backend, config: BouncerTopology.start(
         backend, pgbouncer_bin=config.pgbouncer_bin
     ),
+    "tls": lambda backend, config: TlsTopology.start(backend),
 }
 
 
@@ -64,14 +66,25 @@ class PgtopoSession:
 
     def custom_bouncer(self, options: BouncerOptions) -> BouncerTopology:
         """A PgBouncer topology with non-default options, one per distinct options value."""
-        name = f"bouncer {options}"
-        if name not in self.topologies:
-            self.topologies[name] = BouncerTopology.start(
+        topology = self._custom(
+            f"bouncer {options}",
+            lambda: BouncerTopology.start(
                 self.backend, options, pgbouncer_bin=self.config.pgbouncer_bin
-            )
-        topology = self.topologies[name]
+            ),
+        )
         assert isinstance(topology, BouncerTopology)
         return topology
+
+    def custom_tls(self, options: TlsOptions) -> TlsTopology:
+        """A TLS topology with non-default options (mTLS, other host names)."""
+        topology = self._custom(f"tls {options}", lambda: TlsTopology.start(self.backend, options))
+        assert isinstance(topology, TlsTopology)
+        return topology
+
+    def _custom(self, name: str, start: Callable[[], Topology]) -> Topology:
+        if name not in self.topologies:
+            self.topologies[name] = start()
+        return self.topologies[name]
 
     def databases(self, topology: Topology) -> Databases:
         """Per-test databases on `topology`'s database server."""

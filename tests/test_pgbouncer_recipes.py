@@ -29,6 +29,8 @@ from pytest_pgtopo import (
 from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.bouncer import BouncerTopology
 
+from .support import query_once
+
 WORKERS = 20
 TRANSACTIONS = 200
 POOL = {"pool_size": 10, "max_overflow": 0}
@@ -290,35 +292,14 @@ def test_cheatsheet_jit_off_is_refused_by_the_pooler(
     connect_args = drivers.get(driver).startup_args({"jit": "off"})
     refused = "jit" if drivers.get(driver).own_startup_parameters is None else "options"
     with pytest.raises(sa.exc.DBAPIError, match=f"unsupported startup parameter: {refused}"):
-        _connect_once(pg_bouncer_database, driver, connect_args)
+        query_once(pg_bouncer_database, driver, connect_args=connect_args)
 
 
 @pytest.mark.parametrize("driver", sorted(drivers.DRIVERS))
 def test_direct_recipe_is_refused_by_the_pooler(pg_bouncer_database: Endpoint, driver: str) -> None:
     """statement_timeout & co. as startup parameters: what works direct fails through PgBouncer."""
     with pytest.raises(sa.exc.DBAPIError, match="unsupported startup parameter"):
-        _connect_once(pg_bouncer_database, driver, {})
-
-
-def _connect_once(endpoint: Endpoint, driver: str, connect_args: dict[str, Any]) -> None:
-    if drivers.get(driver).supports("sync"):
-        engine = create_engine(endpoint, driver, connect_args=connect_args)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        finally:
-            engine.dispose()
-        return
-
-    async def attempt() -> None:
-        engine = create_async_engine(endpoint, driver, connect_args=connect_args)
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(attempt())
+        query_once(pg_bouncer_database, driver)
 
 
 # --- faults: PgBouncer restart, KILL, PAUSE/RESUME --------------------------------------------

@@ -17,6 +17,7 @@ from .. import drivers
 from ..drivers import ClientOptions, Kind
 from ..endpoint import Endpoint
 from ..errors import DriverUnsupportedError
+from ..tls import TlsMode
 from . import pooler as pooler_module
 from .pooler import Pooler
 from .settings import SessionSettings
@@ -33,13 +34,17 @@ def engine_arguments(
     client: ClientOptions,
     engine_kwargs: dict[str, Any],
     pooler: Pooler | None = None,
+    tls_mode: TlsMode | None = None,
 ) -> tuple[sqlalchemy.URL, dict[str, Any]]:
     """The URL and create_engine() keyword arguments the recipes use, for inspection or reuse.
 
     With `pooler="transaction"` (PgBouncer in transaction mode) prepared-statement caches go
     off and only the startup parameters the pooler accepts are sent; apply the rest with
-    `durable_settings_sql()` on the server.
+    `durable_settings_sql()` on the server. `tls_mode` overrides how a TLS endpoint verifies
+    the server: "require" encrypts without checking who answers (weaker; see README).
     """
+    if tls_mode is not None:
+        endpoint = endpoint.with_tls_mode(tls_mode)
     spec = drivers.get(driver)
     spec.require(kind)
     spec.require_installed()
@@ -74,6 +79,7 @@ def create_engine(
     settings: SessionSettings | None = None,
     client: ClientOptions = DEFAULT_CLIENT,
     pooler: Pooler | None = None,
+    tls_mode: TlsMode | None = None,
     **engine_kwargs: Any,
 ) -> sqlalchemy.Engine:
     """A sync Engine for `endpoint` with `settings` applied to every connection.
@@ -89,6 +95,7 @@ def create_engine(
         client=client,
         engine_kwargs=engine_kwargs,
         pooler=pooler,
+        tls_mode=tls_mode,
     )
     return sqlalchemy.create_engine(url, **kwargs)
 
@@ -100,6 +107,7 @@ def create_async_engine(
     settings: SessionSettings | None = None,
     client: ClientOptions = DEFAULT_CLIENT,
     pooler: Pooler | None = None,
+    tls_mode: TlsMode | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An AsyncEngine for `endpoint`; `driver` must be async-capable (asyncpg or psycopg)."""
@@ -111,5 +119,6 @@ def create_async_engine(
         client=client,
         engine_kwargs=engine_kwargs,
         pooler=pooler,
+        tls_mode=tls_mode,
     )
     return sa_create_async_engine(url, **kwargs)

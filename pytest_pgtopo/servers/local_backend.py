@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..runners import local
+from ..tls import TlsClient
 from ..workspace import Workspace
 from .binaries import PgBinaries, find_pg_binaries
 from .initdb_cache import CachedCluster, cached_cluster, default_cache_root
@@ -46,7 +47,12 @@ class LocalBackend:
         return cached_cluster(self.binaries, self.user, default_cache_root(), staging)
 
     def start_postgres(
-        self, name: str, settings: Mapping[str, str] | None = None
+        self,
+        name: str,
+        settings: Mapping[str, str] | None = None,
+        *,
+        hba: str | None = None,
+        client_tls: TlsClient | None = None,
     ) -> PostgresServer:
         """Start a server from the cached cluster; on any failure nothing is left running."""
         server = PostgresServer(
@@ -55,6 +61,8 @@ class LocalBackend:
             self.user,
             self.workspace.subdir(name),
             settings=settings,
+            hba=hba,
+            client_tls=client_tls,
             keep=self.keep,
         )
         try:

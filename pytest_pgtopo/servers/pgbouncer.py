@@ -24,6 +24,7 @@ from ..endpoint import Endpoint
 from ..errors import BinaryNotFoundError, PgtopoError, ServerStartError
 from ..runners import local
 from ..runners.local import OsUser
+from ..tls import TlsClient
 from .postgres import LOOPBACK, START_TIMEOUT, free_port
 
 PoolMode = Literal["session", "transaction", "statement"]
@@ -156,6 +157,7 @@ class PgBouncer:
         default_pool_size: int = 4,
         max_client_conn: int = 200,
         extra_settings: Mapping[str, str] | None = None,
+        client_tls: TlsClient | None = None,
         keep: bool = False,
     ) -> None:
         if pool_mode not in POOL_MODES:
@@ -172,6 +174,8 @@ class PgBouncer:
         self.default_pool_size = default_pool_size
         self.max_client_conn = max_client_conn
         self.keep = keep
+        self.client_tls = client_tls
+        """How clients verify PgBouncer when it terminates TLS (client_tls_* settings)."""
         self.ini_path = directory / "pgbouncer.ini"
         self.auth_path = directory / "userlist.txt"
         self.log_path = directory / "pgbouncer.log"
@@ -186,7 +190,9 @@ class PgBouncer:
         return self._endpoint_at(self.port)
 
     def _endpoint_at(self, port: int) -> Endpoint:
-        return Endpoint(LOOPBACK, port, self.server.user, self.server.password, "postgres")
+        return Endpoint(
+            LOOPBACK, port, self.server.user, self.server.password, "postgres", self.client_tls
+        )
 
     def settings(self, port: int) -> dict[str, str]:
         """What pgbouncer.ini's [pgbouncer] section holds when listening on `port`."""

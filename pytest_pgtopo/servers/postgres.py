@@ -20,6 +20,7 @@ from ..endpoint import Endpoint
 from ..errors import ServerStartError
 from ..runners import local
 from ..runners.local import OsUser
+from ..tls import TlsClient
 from .binaries import PgBinaries
 from .initdb_cache import SUPERUSER, CachedCluster
 
@@ -54,6 +55,8 @@ class PostgresServer:
         directory: Path,
         *,
         settings: Mapping[str, str] | None = None,
+        hba: str | None = None,
+        client_tls: TlsClient | None = None,
         keep: bool = False,
     ) -> None:
         self.name = name
@@ -64,6 +67,10 @@ class PostgresServer:
         self.socket_dir = directory / "socket"
         self.log_path = directory / "postgres.log"
         self.settings = {**FAST_SETTINGS, **(settings or {})}
+        self.hba = hba
+        """pg_hba.conf contents replacing initdb's; None keeps initdb's (scram-sha-256 everywhere)."""
+        self.client_tls = client_tls
+        """How the plugin's own connections verify this server; None for plain TCP."""
         self.keep = keep
         self.process: subprocess.Popen[bytes] | None = None
         self._endpoint: Endpoint | None = None
@@ -85,6 +92,9 @@ class PostgresServer:
     def start_from(self, cluster: CachedCluster) -> None:
         """Copy the cached cluster into place, start it, and give the superuser a fresh password."""
         cluster.copy_to(self.data_dir, self.user)
+        if self.hba is not None:
+            (self.data_dir / "pg_hba.conf").write_text(self.hba)
+            local.chown_tree(self.data_dir / "pg_hba.conf", self.user)
         self.socket_dir.mkdir(mode=0o700)
         local.chown_tree(self.socket_dir, self.user)
         self._start(cluster.password)
@@ -105,7 +115,7 @@ class PostgresServer:
                 log_path=self.log_path,
                 die_with_parent=not self.keep,
             )
-            endpoint = Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres")
+            endpoint = Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres", self.client_tls)
             try:
                 self._admin = wait_until_connectable(
                     endpoint, timeout=START_TIMEOUT, alive=self.is_running

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ..endpoint import Endpoint
+from ..servers.certificates import issue_certificates
 from ..servers.local_backend import LocalBackend
 from ..servers.pgbouncer import PgBouncer, PoolMode, check_settings, find_pgbouncer
 from ..servers.postgres import PostgresServer
+from ..tls import TlsClient
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,9 @@ class BouncerOptions:
     max_client_conn: int = 200
     extra_settings: dict[str, str] = field(default_factory=dict)
     """Extra pgbouncer.ini [pgbouncer] settings; checked against the installed version first."""
+    client_tls: bool = False
+    """Terminate client TLS at PgBouncer (client_tls_sslmode=require, a trustme certificate):
+    plaintext clients are refused and `.bouncer` verifies PgBouncer with verify-full."""
 
 
 class BouncerTopology:
@@ -47,6 +52,16 @@ class BouncerTopology:
         # Binary and settings are checked first, so a bad setting costs no server start.
         binary = find_pgbouncer(pgbouncer_bin)
         check_settings(binary, options.extra_settings)
+        settings, client_tls = dict(options.extra_settings), None
+        if options.client_tls:
+            files = issue_certificates(backend.workspace.subdir("pgbouncer-certs"), backend.user)
+            settings.update(
+                client_tls_sslmode="require",
+                client_tls_cert_file=str(files.server_cert),
+                client_tls_key_file=str(files.server_key),
+                client_tls_ca_file=str(files.ca_path),
+            )
+            client_tls = TlsClient(files.ca_path)
         server = backend.start_postgres("bouncer-pg")
         pgbouncer: PgBouncer | None = None
         try:
@@ -58,7 +73,8 @@ class BouncerTopology:
                 pool_mode=options.pool_mode,
                 default_pool_size=options.default_pool_size,
                 max_client_conn=options.max_client_conn,
-                extra_settings=options.extra_settings,
+                extra_settings=settings,
+                client_tls=client_tls,
                 keep=backend.keep,
             )
             pgbouncer.start()
@@ -80,6 +96,12 @@ class BouncerTopology:
     @property
     def client_endpoint(self) -> Endpoint:
         return self.bouncer
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The CA of PgBouncer's client-side certificate, with client_tls; else None."""
+        tls = self.pgbouncer.client_tls
+        return tls.ca_path if tls is not None else None
 
     @property
     def database_server(self) -> PostgresServer:

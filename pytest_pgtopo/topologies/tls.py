@@ -1,0 +1,120 @@
+"""`pg_tls`: a server that accepts TLS only, with a certificate from a throwaway trustme CA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..endpoint import Endpoint
+from ..servers.certificates import DEFAULT_HOSTNAMES, issue_certificates
+from ..servers.initdb_cache import SUPERUSER
+from ..servers.local_backend import LocalBackend
+from ..servers.postgres import LOOPBACK, PostgresServer
+from ..tls import TlsClient
+
+# TLS or nothing: plaintext TCP is rejected outright, not merely unauthenticated.
+_HBA = """\
+# TYPE     DATABASE  USER  ADDRESS       METHOD
+local      all       all                 scram-sha-256
+hostssl    all       all   127.0.0.1/32  {method}
+hostssl    all       all   ::1/128       {method}
+hostnossl  all       all   all           reject
+"""
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    client_certificates: bool = False
+    """mTLS: the server also demands a client certificate whose CN is the user
+    (`clientcert=verify-full`); the topology then has .client_cert_path and .client_key_path."""
+    hostnames: tuple[str, ...] = DEFAULT_HOSTNAMES
+    """Names in the server certificate. Leave out 127.0.0.1 to see verify-full refuse it."""
+
+
+class TlsTopology:
+    """`.primary` verifies the server with verify-full against `.ca_path` (verify-ca when the
+    certificate does not name 127.0.0.1, so the plugin itself can still connect)."""
+
+    name = "tls"
+
+    def __init__(self, server: PostgresServer, options: TlsOptions) -> None:
+        self.server = server
+        self.options = options
+
+    @classmethod
+    def start(cls, backend: LocalBackend, options: TlsOptions | None = None) -> TlsTopology:
+        options = options or TlsOptions()
+        files = issue_certificates(
+            backend.workspace.subdir("tls-certs"),
+            backend.user,
+            hostnames=options.hostnames,
+            client_user=SUPERUSER if options.client_certificates else None,
+        )
+        settings = {
+            "ssl": "on",
+            "ssl_cert_file": str(files.server_cert),
+            "ssl_key_file": str(files.server_key),
+        }
+        method = "scram-sha-256"
+        if options.client_certificates:
+            settings["ssl_ca_file"] = str(files.ca_path)
+            method += " clientcert=verify-full"
+        client_tls = TlsClient(
+            files.ca_path,
+            "verify-full" if LOOPBACK in options.hostnames else "verify-ca",
+            files.client_cert,
+            files.client_key,
+        )
+        server = backend.start_postgres(
+            "tls", settings, hba=_HBA.format(method=method), client_tls=client_tls
+        )
+        return cls(server, options)
+
+    @property
+    def primary(self) -> Endpoint:
+        return self.server.endpoint
+
+    @property
+    def ca_path(self) -> Path:
+        """PEM of the CA that signed the server (and client) certificates."""
+        assert self.server.client_tls is not None
+        return self.server.client_tls.ca_path
+
+    @property
+    def client_cert_path(self) -> Path | None:
+        assert self.server.client_tls is not None
+        return self.server.client_tls.cert_path
+
+    @property
+    def client_key_path(self) -> Path | None:
+        assert self.server.client_tls is not None
+        return self.server.client_tls.key_path
+
+    @property
+    def client_endpoint(self) -> Endpoint:
+        return self.primary
+
+    @property
+    def database_server(self) -> PostgresServer:
+        return self.server
+
+    def servers(self) -> list[PostgresServer]:
+        return [self.server]
+
+    def pids(self) -> list[int]:
+        process = self.server.process
+        return [process.pid] if process is not None and process.poll() is None else []
+
+    def log_tails(self, lines: int = 20) -> dict[str, str]:
+        return {
+            f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines)
+        }
+
+    def describe(self) -> str:
+        return f"pg_tls primary: {self.primary.describe()}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def __repr__(self) -> str:
+        return f"<TlsTopology primary={self.primary.host}:{self.primary.port} ca={self.ca_path}>"

@@ -1,0 +1,33 @@
+"""Helpers shared by the plugin's tests (not fixtures): one query through any driver's recipe."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+
+from pytest_pgtopo import Endpoint, create_async_engine, create_engine, drivers
+
+SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def query_once(endpoint: Endpoint, driver: str, sql: str = "SELECT 1", **engine_kwargs: Any) -> Any:
+    """Open a recipe engine for `driver` (sync if it has a sync API), run `sql`, dispose."""
+    if drivers.get(driver).supports("sync"):
+        engine = create_engine(endpoint, driver, **engine_kwargs)
+        try:
+            with engine.connect() as conn:
+                return conn.scalar(sa.text(sql))
+        finally:
+            engine.dispose()
+
+    async def attempt() -> Any:
+        engine = create_async_engine(endpoint, driver, **engine_kwargs)
+        try:
+            async with engine.connect() as conn:
+                return await conn.scalar(sa.text(sql))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(attempt())
