@@ -134,6 +134,8 @@ class Driver:
     own_startup_parameters: frozenset[str] | None = None
     """Settings sent as startup parameters of their own; None means any. libpq sends only
     application_name so; the rest go inside `options`, which PgBouncer refuses."""
+    multi_host: bool = True
+    """Whether the driver takes several hosts and target_session_attrs (pg8000 does not)."""
     autocommit_behind_pooler: bool = True
     """False if AUTOCOMMIT breaks behind a transaction pooler (pg8000: its unnamed prepared
     statement is parsed on one server connection and executed on another)."""
@@ -238,6 +240,7 @@ DRIVERS: dict[str, Driver] = {
             _pg8000_client,
             _pg8000_tls,
             _connect_pg8000,
+            multi_host=False,
             autocommit_behind_pooler=False,
         ),
     )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import URL
 
 from . import drivers
+from .errors import DriverUnsupportedError
 from .tls import TlsClient, TlsMode
 
 
@@ -77,3 +78,52 @@ class Endpoint:
     def describe(self) -> str:
         """A libpq-style DSN with the password, for printing to the person running the tests."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class MultiHostEndpoint:
+    """Several servers in one URL; the driver picks by `target_session_attrs` (libpq semantics:
+    any, read-write, read-only, primary, standby, prefer-standby), trying hosts in order.
+
+    The URL takes the form SQLAlchemy's parser accepts, `...@/db?host=h1:p1&host=h2:p2`; the
+    form `...@h1:p1,h2:p2/db` fails there with "invalid literal for int()".
+    """
+
+    nodes: tuple[Endpoint, ...]
+    target_session_attrs: str = "read-write"
+
+    @property
+    def dbname(self) -> str:
+        return self.nodes[0].dbname
+
+    def url(self, driver: str) -> URL:
+        spec = drivers.get(driver)
+        if not spec.multi_host:
+            raise DriverUnsupportedError(
+                f"driver {driver!r} supports neither multiple hosts nor target_session_attrs; "
+                f"use one of: {', '.join(n for n, d in drivers.DRIVERS.items() if d.multi_host)}"
+            )
+        first = self.nodes[0]
+        return URL.create(
+            spec.drivername,
+            username=first.user,
+            password=first.password,
+            database=first.dbname,
+            query={
+                "host": [f"{node.host}:{node.port}" for node in self.nodes],
+                "target_session_attrs": self.target_session_attrs,
+                **first._tls_args(driver)[0],
+            },
+        )
+
+    def connect_args(self, driver: str) -> dict[str, Any]:
+        return self.nodes[0].connect_args(driver)
+
+    def with_dbname(self, dbname: str) -> MultiHostEndpoint:
+        return dataclasses.replace(self, nodes=tuple(n.with_dbname(dbname) for n in self.nodes))
+
+    def with_tls_mode(self, mode: TlsMode) -> MultiHostEndpoint:
+        return dataclasses.replace(self, nodes=tuple(n.with_tls_mode(mode) for n in self.nodes))
+
+    def describe(self) -> str:
+        return " | ".join(node.describe() for node in self.nodes)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import config as config_module
 from . import drivers
 from .drivers import Kind
-from .endpoint import Endpoint
+from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import PgtopoError
 from .isolation import (
     SchemaSource,
@@ -30,6 +30,7 @@ from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
 
 T = TypeVar("T")
@@ -37,14 +38,35 @@ T = TypeVar("T")
 SESSION_KEY = pytest.StashKey[PgtopoSession]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 
-# Engine fixture name -> (topology fixture, engine kind). The driver matrix reads this table.
-ENGINE_FIXTURES: dict[str, tuple[str, Kind]] = {
-    "pg_engine": ("pg_plain", "async"),
-    "pg_sync_engine": ("pg_plain", "sync"),
-    "pgbouncer_engine": ("pg_bouncer", "async"),
-    "pgbouncer_sync_engine": ("pg_bouncer", "sync"),
-    "tls_engine": ("pg_tls", "async"),
-    "tls_sync_engine": ("pg_tls", "sync"),
+
+@dataclass(frozen=True)
+class EngineFixture:
+    """What an engine fixture needs from a driver; the driver matrix reads these."""
+
+    kind: Kind
+    multi_host: bool = False
+
+    def served_by(self, driver: str) -> bool:
+        spec = drivers.get(driver)
+        return spec.supports(self.kind) and (spec.multi_host or not self.multi_host)
+
+    def describe(self) -> str:
+        return f"{self.kind}{' multi-host' if self.multi_host else ''} engines"
+
+
+ENGINE_FIXTURES: dict[str, EngineFixture] = {
+    "pg_engine": EngineFixture("async"),
+    "pg_sync_engine": EngineFixture("sync"),
+    "pgbouncer_engine": EngineFixture("async"),
+    "pgbouncer_sync_engine": EngineFixture("sync"),
+    "tls_engine": EngineFixture("async"),
+    "tls_sync_engine": EngineFixture("sync"),
+    "primary_engine": EngineFixture("async"),
+    "primary_sync_engine": EngineFixture("sync"),
+    "replica_engine": EngineFixture("async"),
+    "replica_sync_engine": EngineFixture("sync"),
+    "failover_engine": EngineFixture("async", multi_host=True),
+    "failover_sync_engine": EngineFixture("sync", multi_host=True),
 }
 _LOG_TAIL_LINES = 30
 
@@ -74,28 +96,36 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each engine test once per selected driver that can serve all its engine fixtures."""
-    kinds = _engine_kinds(metafunc.fixturenames)
-    if not kinds or _parametrized_directly(metafunc):
+    needs = _engine_needs(metafunc.fixturenames)
+    if not needs or _parametrized_directly(metafunc):
         return
     selected = metafunc.config.stash[SESSION_KEY].config.drivers
     if not selected:
         return  # Per-fixture defaults; the pgtopo_driver fixture picks them.
-    usable = [name for name in selected if all(drivers.get(name).supports(k) for k in kinds)]
+    usable = [name for name in selected if all(need.served_by(name) for need in needs)]
     if len(selected) == 1 and usable:
         return
     if usable:
         metafunc.parametrize("pgtopo_driver", usable, indirect=True)
         return
-    needed = " and ".join(sorted(kinds))
+    needed = " and ".join(sorted({need.describe() for need in needs}))
+    able = [name for name in drivers.DRIVERS if all(need.served_by(name) for need in needs)]
     reason = (
-        f"pgtopo: no selected driver ({', '.join(selected)}) can back {needed} engines; "
-        f"drivers that can: {', '.join(n for n in drivers.DRIVERS if all(drivers.get(n).supports(k) for k in kinds))}"
+        f"pgtopo: no selected driver ({', '.join(selected)}) can back {needed}; "
+        f"drivers that can: {', '.join(able)}"
     )
     metafunc.parametrize(
         "pgtopo_driver",
         [pytest.param(name, marks=pytest.mark.skip(reason=reason)) for name in selected],
         indirect=True,
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before fixtures are set up: a pair a previous test promoted or stopped is rebuilt.
+    if "pg_replica_pair" in getattr(item, "fixturenames", ()):
+        item.config.stash[SESSION_KEY].restore_replica_pair()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -178,7 +208,7 @@ def pgtopo_driver(request: pytest.FixtureRequest) -> str:
     selected = request.config.stash[SESSION_KEY].config.drivers
     if len(selected) == 1:
         return selected[0]
-    kinds = _engine_kinds(request.fixturenames)
+    kinds = {need.kind for need in _engine_needs(request.fixturenames)}
     return drivers.DEFAULT_DRIVER["async" if kinds == {"async"} else "sync"]
 
 
@@ -243,6 +273,18 @@ def pg_tls_factory(pgtopo_session: PgtopoSession) -> Callable[..., TlsTopology]:
     return build
 
 
+@pytest.fixture(scope="session")
+def pg_replica_pair(pgtopo_session: PgtopoSession) -> ReplicaTopology:
+    """A primary and a streaming hot-standby replica, with `.stable` following the primary.
+
+    A test may promote() or stop_primary(): the next test that asks for the pair gets a
+    freshly built one.
+    """
+    topology = pgtopo_session.topology("replica")
+    assert isinstance(topology, ReplicaTopology)
+    return topology
+
+
 @pytest.fixture
 def pg_plain_database(
     request: pytest.FixtureRequest,
@@ -281,6 +323,24 @@ def pg_tls_database(
 ) -> Iterator[Endpoint]:
     """This test's database on pg_tls; the endpoint verifies the server (verify-full)."""
     yield from _test_database(request, pgtopo_session, pg_tls, pgtopo_schema)
+
+
+@pytest.fixture
+def pg_replica_database(
+    request: pytest.FixtureRequest,
+    pg_replica_pair: ReplicaTopology,
+    pgtopo_session: PgtopoSession,
+    pgtopo_schema: SchemaSource,
+) -> Iterator[Endpoint]:
+    """This test's database, created on the primary and already replayed on the replica;
+    the endpoint is the primary's (`pg_replica_pair.replica.with_dbname(...)` for the other)."""
+    yield from _test_database(
+        request,
+        pgtopo_session,
+        pg_replica_pair,
+        pgtopo_schema,
+        after_create=pg_replica_pair.wait_for_replay,
+    )
 
 
 # --- fixtures: engines -----------------------------------------------------------------------
@@ -355,11 +415,75 @@ async def tls_engine(
         yield engine
 
 
+@pytest.fixture
+def primary_sync_engine(
+    pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on the pair's primary, for writes."""
+    yield from pgtopo_engine_recipe.sync_engine(pg_replica_database)
+
+
+@pytest_asyncio.fixture
+async def primary_engine(
+    pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on the pair's primary, for writes."""
+    async for engine in pgtopo_engine_recipe.async_engine(pg_replica_database):
+        yield engine
+
+
+@pytest.fixture
+def replica_sync_engine(
+    pg_replica_database: Endpoint,
+    pg_replica_pair: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on the replica, read-only by default (default_transaction_read_only)."""
+    replica = pg_replica_pair.replica.with_dbname(pg_replica_database.dbname)
+    yield from pgtopo_engine_recipe.sync_engine(replica, read_only=True)
+
+
+@pytest_asyncio.fixture
+async def replica_engine(
+    pg_replica_database: Endpoint,
+    pg_replica_pair: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on the replica, read-only by default (default_transaction_read_only)."""
+    replica = pg_replica_pair.replica.with_dbname(pg_replica_database.dbname)
+    async for engine in pgtopo_engine_recipe.async_engine(replica, read_only=True):
+        yield engine
+
+
+@pytest.fixture
+def failover_sync_engine(
+    pg_replica_database: Endpoint,
+    pg_replica_pair: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on both hosts with target_session_attrs=read-write and pool_pre_ping:
+    it lands on whichever node is the primary. pg8000 cannot (no multi-host support)."""
+    both = pg_replica_pair.multi_host().with_dbname(pg_replica_database.dbname)
+    yield from pgtopo_engine_recipe.sync_engine(both)
+
+
+@pytest_asyncio.fixture
+async def failover_engine(
+    pg_replica_database: Endpoint,
+    pg_replica_pair: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on both hosts with target_session_attrs=read-write and pool_pre_ping."""
+    both = pg_replica_pair.multi_host().with_dbname(pg_replica_database.dbname)
+    async for engine in pgtopo_engine_recipe.async_engine(both):
+        yield engine
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _engine_kinds(fixturenames: list[str]) -> set[Kind]:
-    return {ENGINE_FIXTURES[name][1] for name in fixturenames if name in ENGINE_FIXTURES}
+def _engine_needs(fixturenames: list[str]) -> set[EngineFixture]:
+    return {ENGINE_FIXTURES[name] for name in fixturenames if name in ENGINE_FIXTURES}
 
 
 def _parametrized_directly(metafunc: pytest.Metafunc) -> bool:
@@ -378,6 +502,7 @@ def _test_database(
     schema: SchemaSource,
     *,
     durable: SessionSettings | None = None,
+    after_create: Callable[[], None] | None = None,
 ) -> Iterator[Endpoint]:
     databases = session.databases(topology)
     if session.config.isolation == "rollback":
@@ -386,6 +511,8 @@ def _test_database(
         name = databases.create(request.node.name, schema)
     for statement in durable_settings_sql(durable, database=name) if durable else []:
         databases.admin.execute(statement)
+    if after_create is not None:
+        after_create()
     endpoint = topology.client_endpoint.with_dbname(name)
     yield endpoint
     if session.config.isolation == "rollback":
@@ -410,14 +537,20 @@ class EngineRecipe:
     engine_kwargs: dict[str, Any]
     rollback: bool
 
-    def _arguments(self, pooler: Pooler | None) -> dict[str, Any]:
+    def _arguments(self, pooler: Pooler | None, read_only: bool) -> dict[str, Any]:
         kwargs = {**self.engine_kwargs, **(rollback_engine_kwargs() if self.rollback else {})}
-        return {"settings": self.settings, "pooler": pooler, **kwargs}
+        settings = self.settings.replace(read_only=True) if read_only else self.settings
+        return {"settings": settings, "pooler": pooler, **kwargs}
 
     def sync_engine(
-        self, endpoint: Endpoint, pooler: Pooler | None = None
+        self,
+        endpoint: Endpoint | MultiHostEndpoint,
+        pooler: Pooler | None = None,
+        *,
+        read_only: bool = False,
     ) -> Iterator[sqlalchemy.Engine]:
-        engine = _explained(lambda: create_engine(endpoint, self.driver, **self._arguments(pooler)))
+        arguments = self._arguments(pooler, read_only)
+        engine = _explained(lambda: create_engine(endpoint, self.driver, **arguments))
         try:
             if self.rollback:
                 with engine.connect() as connection:
@@ -430,11 +563,14 @@ class EngineRecipe:
             engine.dispose()
 
     async def async_engine(
-        self, endpoint: Endpoint, pooler: Pooler | None = None
+        self,
+        endpoint: Endpoint | MultiHostEndpoint,
+        pooler: Pooler | None = None,
+        *,
+        read_only: bool = False,
     ) -> AsyncIterator[AsyncEngine]:
-        engine = _explained(
-            lambda: create_async_engine(endpoint, self.driver, **self._arguments(pooler))
-        )
+        arguments = self._arguments(pooler, read_only)
+        engine = _explained(lambda: create_async_engine(endpoint, self.driver, **arguments))
         try:
             if self.rollback:
                 async with engine.connect() as connection:

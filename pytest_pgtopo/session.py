@@ -5,6 +5,7 @@ No pytest import here: the plugin hands this object its config and calls close()
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
 from .workspace import default_root
 
@@ -25,6 +27,7 @@ TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend, PgtopoConfig], Topology]] =
         backend, pgbouncer_bin=config.pgbouncer_bin
     ),
     "tls": lambda backend, config: TlsTopology.start(backend),
+    "replica": lambda backend, config: ReplicaTopology.start(backend),
 }
 
 
@@ -40,7 +43,7 @@ class PgtopoSession:
     topologies: dict[str, Topology] = field(default_factory=dict)
     kept_databases: list[KeptDatabase] = field(default_factory=list)
     _backend: LocalBackend | None = None
-    _databases: dict[int, Databases] = field(default_factory=dict)
+    _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
 
     @property
     def backend(self) -> LocalBackend:
@@ -81,6 +84,18 @@ class PgtopoSession:
         assert isinstance(topology, TlsTopology)
         return topology
 
+    def restore_replica_pair(self) -> None:
+        """Rebuild the replica pair if a test promoted or stopped one of its servers, so the
+        next test that asks for it gets a primary and a streaming replica again."""
+        pair = self.topologies.get("replica")
+        if not isinstance(pair, ReplicaTopology) or not pair.changed:
+            return
+        stale = self._databases.pop((id(pair), id(pair.database_server)), None)
+        if stale is not None:
+            with contextlib.suppress(Exception):  # Its server may be stopped or promoted.
+                stale.close()
+        pair.rebuild()
+
     def _custom(self, name: str, start: Callable[[], Topology]) -> Topology:
         if name not in self.topologies:
             self.topologies[name] = start()
@@ -88,7 +103,7 @@ class PgtopoSession:
 
     def databases(self, topology: Topology) -> Databases:
         """Per-test databases on `topology`'s database server."""
-        key = id(topology)
+        key = (id(topology), id(topology.database_server))
         if key not in self._databases:
             # Behind a pooler, its idle server connections must go before a database can drop.
             release = topology.kill if isinstance(topology, BouncerTopology) else None

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from .. import drivers
 from ..drivers import ClientOptions, Kind
-from ..endpoint import Endpoint
+from ..endpoint import Endpoint, MultiHostEndpoint
 from ..errors import DriverUnsupportedError
 from ..tls import TlsMode
 from . import pooler as pooler_module
@@ -26,7 +26,7 @@ DEFAULT_CLIENT = ClientOptions(command_timeout=60.0)
 
 
 def engine_arguments(
-    endpoint: Endpoint,
+    endpoint: Endpoint | MultiHostEndpoint,
     driver: str,
     kind: Kind,
     *,
@@ -73,7 +73,7 @@ def engine_arguments(
 
 
 def create_engine(
-    endpoint: Endpoint,
+    endpoint: Endpoint | MultiHostEndpoint,
     driver: str = drivers.DEFAULT_DRIVER["sync"],
     *,
     settings: SessionSettings | None = None,
@@ -101,7 +101,7 @@ def create_engine(
 
 
 def create_async_engine(
-    endpoint: Endpoint,
+    endpoint: Endpoint | MultiHostEndpoint,
     driver: str = drivers.DEFAULT_DRIVER["async"],
     *,
     settings: SessionSettings | None = None,

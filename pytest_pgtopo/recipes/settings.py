@@ -26,6 +26,9 @@ class SessionSettings:
     idle_in_transaction_session_timeout: int | str | None = 60_000
     """Ends a session left idle inside an open transaction, which holds locks and blocks vacuum."""
     lock_timeout: int | str | None = None
+    read_only: bool = False
+    """default_transaction_read_only=on: every transaction is read-only unless it says
+    otherwise; the cheatsheet's guard for engines pointed at a replica."""
 
     def server_settings(self) -> dict[str, str]:
         """GUC name -> value, for the settings that are not None."""
@@ -36,6 +39,7 @@ class SessionSettings:
             "statement_timeout": self.statement_timeout,
             "idle_in_transaction_session_timeout": self.idle_in_transaction_session_timeout,
             "lock_timeout": self.lock_timeout,
+            "default_transaction_read_only": "on" if self.read_only else None,
         }
         return {name: str(value) for name, value in values.items() if value is not None}
 

@@ -55,16 +55,7 @@ class LocalBackend:
         client_tls: TlsClient | None = None,
     ) -> PostgresServer:
         """Start a server from the cached cluster; on any failure nothing is left running."""
-        server = PostgresServer(
-            name,
-            self.binaries,
-            self.user,
-            self.workspace.subdir(name),
-            settings=settings,
-            hba=hba,
-            client_tls=client_tls,
-            keep=self.keep,
-        )
+        server = self.new_postgres(name, settings, hba=hba, client_tls=client_tls)
         try:
             server.start_from(self.cluster)
         except BaseException:
@@ -76,6 +67,26 @@ class LocalBackend:
     def workspace_path(self) -> Path | None:
         """The workspace directory, or None if nothing was started."""
         return self._workspace.path if self._workspace is not None else None
+
+    def new_postgres(
+        self,
+        name: str,
+        settings: Mapping[str, str] | None = None,
+        *,
+        hba: str | None = None,
+        client_tls: TlsClient | None = None,
+    ) -> PostgresServer:
+        """A server not yet started, in a fresh directory (for a standby, say)."""
+        return PostgresServer(
+            name,
+            self.binaries,
+            self.user,
+            self.workspace.subdir(name),
+            settings=settings,
+            hba=hba,
+            client_tls=client_tls,
+            keep=self.keep,
+        )
 
     def close(self) -> None:
         """Remove the workspace (servers must be stopped first); kept runs leave it in place."""

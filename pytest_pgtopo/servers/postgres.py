@@ -92,17 +92,50 @@ class PostgresServer:
     def start_from(self, cluster: CachedCluster) -> None:
         """Copy the cached cluster into place, start it, and give the superuser a fresh password."""
         cluster.copy_to(self.data_dir, self.user)
-        if self.hba is not None:
-            (self.data_dir / "pg_hba.conf").write_text(self.hba)
-            local.chown_tree(self.data_dir / "pg_hba.conf", self.user)
-        self.socket_dir.mkdir(mode=0o700)
-        local.chown_tree(self.socket_dir, self.user)
+        self._prepare_directories()
         self._start(cluster.password)
         password = secrets.token_urlsafe(24)
         self.admin.execute(
             f"ALTER ROLE {quote_ident(SUPERUSER)} PASSWORD {quote_literal(password)}"
         )
         self._endpoint = dataclasses.replace(self.endpoint, password=password)
+
+    def start_standby_of(self, primary: PostgresServer, slot: str) -> None:
+        """Clone `primary` with pg_basebackup and start as a streaming hot standby on `slot`."""
+        source = primary.endpoint
+        local.run(
+            [
+                self.binaries["pg_basebackup"],
+                f"--host={source.host}",
+                f"--port={source.port}",
+                f"--username={source.user}",
+                f"--pgdata={self.data_dir}",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                f"--slot={slot}",
+                "--no-sync",
+                "--no-password",  # Never prompt (it would hang): the password is in the env.
+            ],
+            user=self.user,
+            cwd=self.directory,
+            env={"PGPASSWORD": source.password},
+        )
+        (self.data_dir / "standby.signal").touch()
+        local.chown_tree(self.data_dir / "standby.signal", self.user)
+        self._prepare_directories()
+        conninfo = (
+            f"host={source.host} port={source.port} user={source.user} "
+            f"password={source.password} application_name={self.name}"
+        )
+        self.settings.update(primary_conninfo=conninfo, primary_slot_name=slot)
+        self._start(source.password)
+
+    def _prepare_directories(self) -> None:
+        if self.hba is not None:
+            (self.data_dir / "pg_hba.conf").write_text(self.hba)
+            local.chown_tree(self.data_dir / "pg_hba.conf", self.user)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        local.chown_tree(self.socket_dir, self.user)
 
     def _start(self, password: str) -> None:
         for attempt in range(_PORT_ATTEMPTS):
@@ -164,6 +197,22 @@ class PostgresServer:
             f"--- {self.conf_path} ---\n{conf}"
             f"--- last 20 lines of {self.log_path} ---\n{self.log_tail(20)}"
         )
+
+    def stop_process(self, mode: str = "fast") -> None:
+        """Stop the server but keep its files: `fast` (SIGINT, clean) or `immediate` (SIGQUIT,
+        as if it crashed). Its connections, the plugin's included, are gone afterwards."""
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"mode must be 'fast' or 'immediate', not {mode!r}")
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._kill()
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to immediate and kill if it hangs; then delete files."""
