@@ -129,6 +129,9 @@ class Driver:
     """Turns the common client options into this driver's connect_args."""
     tls_args: Callable[[TlsClient], dict[str, Any]]
     """Turns client TLS settings into this driver's connect arguments."""
+    plaintext_args: dict[str, Any]
+    """Says "no TLS" explicitly. Every driver's default tries TLS first; pg8000's even builds a
+    context from the system CA store on each connect (~35 ms), then falls back to plaintext."""
     connect_autocommit: Callable[[dict[str, Any]], Any] | None
     """Opens a raw autocommit DBAPI connection (sync drivers only); used for admin work."""
     own_startup_parameters: frozenset[str] | None = None
@@ -204,6 +207,7 @@ DRIVERS: dict[str, Driver] = {
             _database_kwargs,
             _asyncpg_client,
             _asyncpg_tls,
+            {"ssl": False},
             None,
         ),
         Driver(
@@ -215,6 +219,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_kwargs,
             _psycopg_client,
             _libpq_tls,
+            {"sslmode": "disable"},
             _connect_psycopg,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -227,6 +232,7 @@ DRIVERS: dict[str, Driver] = {
             _libpq_kwargs,
             _psycopg2_client,
             _libpq_tls,
+            {"sslmode": "disable"},
             _connect_psycopg2,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -239,6 +245,7 @@ DRIVERS: dict[str, Driver] = {
             _database_kwargs,
             _pg8000_client,
             _pg8000_tls,
+            {"ssl_context": False},
             _connect_pg8000,
             multi_host=False,
             autocommit_behind_pooler=False,

@@ -27,7 +27,8 @@ class Endpoint:
     password: str = dataclasses.field(repr=False)
     dbname: str
     tls: TlsClient | None = None
-    """How to verify the server over TLS; None for plain TCP."""
+    """How to verify the server over TLS; None for plain TCP, said explicitly to the driver
+    (sslmode=disable, ssl=False, ssl_context=False) so it does not try TLS first."""
 
     def url(self, driver: str) -> URL:
         """A SQLAlchemy URL for `driver` (asyncpg, psycopg, psycopg2 or pg8000).
@@ -45,8 +46,8 @@ class Endpoint:
         )
 
     def connect_args(self, driver: str) -> dict[str, Any]:
-        """What the URL cannot carry for `driver`: an SSLContext for asyncpg and pg8000 over TLS;
-        empty for plain TCP and for libpq drivers."""
+        """What the URL cannot carry for `driver`: the TLS setting of asyncpg and pg8000 (an
+        SSLContext, or False for plain TCP); empty for libpq drivers, whose sslmode is in the URL."""
         return self._tls_args(driver)[1]
 
     def dbapi_kwargs(self, driver: str) -> dict[str, Any]:
@@ -60,9 +61,7 @@ class Endpoint:
     def _tls_args(self, driver: str) -> tuple[dict[str, str], dict[str, Any]]:
         """(string arguments for the URL query, other arguments for connect_args)."""
         spec = drivers.get(driver)
-        if self.tls is None:
-            return {}, {}
-        args = spec.tls_args(self.tls)
+        args = spec.plaintext_args if self.tls is None else spec.tls_args(self.tls)
         strings = {k: v for k, v in args.items() if isinstance(v, str)}
         return strings, {k: v for k, v in args.items() if k not in strings}
 

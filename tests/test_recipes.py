@@ -120,9 +120,8 @@ def test_engine_arguments_are_inspectable() -> None:
         client=ClientOptions(prepared_statements=False),
         engine_kwargs={"pool_size": 3},
     )
-    assert (
-        url.render_as_string(hide_password=False)
-        == "postgresql+psycopg://app:secret@127.0.0.1:5432/orders"
+    assert url.render_as_string(hide_password=False) == (
+        "postgresql+psycopg://app:secret@127.0.0.1:5432/orders?sslmode=disable"
     )
     assert kwargs["pool_size"] == 3
     assert kwargs["pool_pre_ping"] is True

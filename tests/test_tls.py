@@ -25,14 +25,6 @@ from pytest_pgtopo.topologies.tls import TlsTopology
 from .support import SSL_IN_USE, query_once
 
 ALL_DRIVERS = sorted(drivers.DRIVERS)
-# How each driver is told to skip TLS altogether: each one's default tries TLS first
-# (libpq and asyncpg "prefer"; pg8000's None tries TLS without verifying, then plaintext).
-PLAINTEXT: dict[str, dict[str, Any]] = {
-    "asyncpg": {"ssl": False},
-    "psycopg": {"sslmode": "disable"},
-    "psycopg2": {"sslmode": "disable"},
-    "pg8000": {"ssl_context": False},
-}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +83,7 @@ def test_endpoint_spells_verify_full_for_each_driver(pg_tls: TlsTopology, driver
 def test_plaintext_is_refused(pg_tls_database: Endpoint, driver: str) -> None:
     plain = dataclasses.replace(pg_tls_database, tls=None)
     with pytest.raises(sa.exc.DBAPIError, match="no encryption"):
-        query_once(plain, driver, connect_args=PLAINTEXT[driver])
+        query_once(plain, driver)
 
 
 @pytest.mark.parametrize("driver", ALL_DRIVERS)
@@ -144,6 +136,7 @@ def test_pg8000_default_encrypts_without_verifying(
 ) -> None:
     """pg8000's default (None) and ssl_context=True accept a server signed by a CA nobody trusts."""
     kwargs = dataclasses.replace(pg_tls.primary, tls=None).dbapi_kwargs("pg8000")
+    del kwargs["ssl_context"]  # A plain Endpoint says False: no TLS at all.
     if ssl_context is True:
         kwargs["ssl_context"] = True
     conn = pg8000.dbapi.connect(**kwargs)
@@ -187,7 +180,6 @@ def test_pgbouncer_terminates_client_tls(tls_bouncer: BouncerTopology, driver: s
             dataclasses.replace(endpoint, tls=None),
             driver,
             pooler="transaction",
-            connect_args=PLAINTEXT[driver],
         )
     tls_clients = [c for c in tls_bouncer.show_clients() if c["database"] == "pgbouncer"]
     assert tls_clients
