@@ -36,6 +36,7 @@ WAIT_LIMIT = 60.0
 DRIVER = "psycopg"
 ENGINES = ("failover", "stable")
 INSERT = sqlalchemy.text("INSERT INTO bench_t (n) VALUES (1)")
+RECOVERY = "SELECT pg_is_in_recovery()"
 
 Samples = dict[str, list[float]]
 
@@ -47,9 +48,11 @@ def ms_since(start: float) -> float:
 # --- bring-up --------------------------------------------------------------------------------
 
 
-def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[float, float]:
+def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[float, float, float]:
     """pg_basebackup from a running primary, standby.signal, postgres with primary_conninfo, a
-    psycopg.connect every 5 ms until a read-only query works. Returns (basebackup ms, total ms)."""
+    psycopg.connect every 5 ms until a read-only query works. Then, untimed by the former, a bare
+    promotion: pg_promote(wait => false) and a poll every 5 ms until it is out of recovery.
+    Returns (basebackup ms, total ms, promotion ms)."""
     data = area / "standby"
     process: subprocess.Popen[bytes] | None = None
     start = time.perf_counter()
@@ -86,23 +89,32 @@ def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[f
         )
         while True:
             try:
-                with psycopg.connect(
+                conn = psycopg.connect(
                     host=LOOPBACK,
                     port=port,
                     user=source.user,
                     password=source.password,
                     dbname="postgres",
-                ) as conn:
-                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                    autocommit=True,
+                )
+                in_recovery = conn.execute(RECOVERY).fetchone()
                 break
             except psycopg.OperationalError:
                 if process.poll() is not None or time.perf_counter() > start + WAIT_LIMIT:
                     raise
                 time.sleep(POLL_INTERVAL)
         total = ms_since(start)
-        if row != (True,):
-            raise RuntimeError(f"the bare standby is not in recovery: {row}")
-        return basebackup, total
+        with conn:
+            if in_recovery != (True,):
+                raise RuntimeError(f"the bare standby is not in recovery: {in_recovery}")
+            promote_start = time.perf_counter()
+            conn.execute("SELECT pg_promote(wait => false)")
+            while conn.execute(RECOVERY).fetchone() != (False,):
+                if time.perf_counter() > promote_start + WAIT_LIMIT:
+                    raise RuntimeError("the bare standby was not promoted")
+                time.sleep(POLL_INTERVAL)
+            promotion = ms_since(promote_start)
+        return basebackup, total, promotion
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -112,7 +124,8 @@ def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[f
 
 def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> Samples:
     samples: Samples = {
-        k: [] for k in ("ours", "bare", "primary", "standby", "basebackup", "standby start")
+        k: []
+        for k in ("ours", "bare", "primary", "standby", "basebackup", "standby start", "promote")
     }
 
     def ours() -> None:
@@ -126,7 +139,7 @@ def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> Samples:
         server = backend.start_postgres("bare-primary")
         primary = ms_since(start)
         try:
-            basebackup, standby = bare_standby(backend, server.endpoint, area)
+            basebackup, standby, promotion = bare_standby(backend, server.endpoint, area)
         finally:
             server.stop()
         samples["primary"].append(primary)
@@ -134,6 +147,7 @@ def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> Samples:
         samples["basebackup"].append(basebackup)
         samples["standby start"].append(standby - basebackup)
         samples["bare"].append(primary + standby)
+        samples["promote"].append(promotion)
 
     steps: list[Callable[[], None]] = [ours, bare]
     # Round 0 fills the initdb cache and pays first-use costs: it is discarded.
@@ -237,7 +251,7 @@ def ratio(ours: list[float], bare: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=11, help="rounds per measurement")
+    parser.add_argument("--repeat", type=int, default=31, help="rounds per measurement")
     args = parser.parse_args()
     repeat = max(1, args.repeat)
 
@@ -274,6 +288,7 @@ def main() -> None:
         "failover",
         [
             ("promote()", fail["promote"]),
+            ("bare pg_promote(wait => false) + poll 5 ms", bring["promote"]),
             ('promote() + stop_primary("immediate")', fail["promote + stop"]),
             ("first write, failover engine (multi-host)", fail["failover"]),
             ("  of which after stop_primary returned", fail["failover after stop"]),
@@ -297,6 +312,9 @@ def main() -> None:
     print(
         f"RATIO rebuild() / bare primary + bare standby: "
         f"{ratio(fail['rebuild'], bring['bare']):.2f}x (info)"
+    )
+    print(
+        f"RATIO promote() / bare promotion: {ratio(fail['promote'], bring['promote']):.2f}x (info)"
     )
     print(
         f"RATIO first write stable / failover engine: "

@@ -13,6 +13,7 @@ from .errors import (
     DriverNotInstalledError,
     DriverUnsupportedError,
     PgtopoError,
+    PgtopoWarning,
     ServerStartError,
 )
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
@@ -33,6 +34,7 @@ __all__ = [
     "DriverUnsupportedError",
     "Endpoint",
     "PgtopoError",
+    "PgtopoWarning",
     "Pooler",
     "ServerStartError",
     "SessionSettings",

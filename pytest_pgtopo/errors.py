@@ -21,3 +21,7 @@ class DriverNotInstalledError(PgtopoError):
 
 class DriverUnsupportedError(PgtopoError):
     """A driver was asked for something it cannot do, such as an async engine from psycopg2."""
+
+
+class PgtopoWarning(UserWarning):
+    """A configuration that works but is a known mistake (a generic application_name, say)."""

@@ -143,3 +143,16 @@ def test_durable_settings_sql_quotes_lists_and_values() -> None:
     ]
     with pytest.raises(ValueError, match="name a database, a role, or both"):
         durable_settings_sql(settings)
+
+
+def test_empty_application_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="application_name is empty"):
+        SessionSettings(application_name="  ")
+
+
+@pytest.mark.parametrize("name", ["python", "SQLAlchemy", "asyncpg"])
+def test_generic_application_name_warns(name: str) -> None:
+    from pytest_pgtopo import PgtopoWarning
+
+    with pytest.warns(PgtopoWarning, match="is generic: name the service"):
+        SessionSettings(application_name=name)

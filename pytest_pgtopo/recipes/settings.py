@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
-GENERIC_APPLICATION_NAMES = frozenset({"", "python", "sqlalchemy", "app", "default", "psql"})
+from ..errors import PgtopoWarning
+
+# Names that tell an operator nothing in pg_stat_activity: a driver's or a tool's default.
+GENERIC_APPLICATION_NAMES = frozenset(
+    {"python", "sqlalchemy", "app", "application", "default", "test", "psql", "postgres"}
+    | {"asyncpg", "psycopg", "psycopg2", "pg8000", "pgbouncer"}
+)
+
+
+def application_name_problem(name: str | None) -> str | None:
+    """Why `name` cannot tell this client apart in pg_stat_activity, or None if it can."""
+    if name is None or not name.strip():
+        return (
+            "application_name is empty: pg_stat_activity and the server log cannot tell who is who"
+        )
+    if name.strip().lower() in GENERIC_APPLICATION_NAMES:
+        return (
+            f"application_name {name!r} is generic: name the service (and role), e.g. 'orders-api'"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,13 @@ class SessionSettings:
     read_only: bool = False
     """default_transaction_read_only=on: every transaction is read-only unless it says
     otherwise; the cheatsheet's guard for engines pointed at a replica."""
+
+    def __post_init__(self) -> None:
+        problem = application_name_problem(self.application_name)
+        if problem is not None and not self.application_name.strip():
+            raise ValueError(f"{problem}; set SessionSettings(application_name=...)")
+        if problem is not None:
+            warnings.warn(PgtopoWarning(problem), stacklevel=3)
 
     def server_settings(self) -> dict[str, str]:
         """GUC name -> value, for the settings that are not None."""
