@@ -30,6 +30,7 @@ from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
+from .topologies.proxied import ProxiedEndpoint
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
 
@@ -283,6 +284,37 @@ def pg_replica_pair(pgtopo_session: PgtopoSession) -> ReplicaTopology:
     topology = pgtopo_session.topology("replica")
     assert isinstance(topology, ReplicaTopology)
     return topology
+
+
+@pytest.fixture(scope="session")
+def pg_tls_sidecar(pg_tls: TlsTopology) -> Iterator[ProxiedEndpoint]:
+    """A Cloud SQL Auth Proxy-style sidecar: `.endpoint` is plaintext on 127.0.0.1, and the
+    proxy speaks verify-full TLS to pg_tls. `.proxy` injects faults too."""
+    sidecar = ProxiedEndpoint(pg_tls.primary, tls_upstream=True)
+    yield sidecar
+    sidecar.close()
+
+
+@pytest.fixture
+def pg_fault_proxy() -> Iterator[Callable[[Endpoint], ProxiedEndpoint]]:
+    """Put a fault-injecting proxy in front of any endpoint, like Toxiproxy without Docker::
+
+        def test_cut(pg_fault_proxy, pg_plain_database):
+            faulty = pg_fault_proxy(pg_plain_database)
+            engine = create_engine(faulty.endpoint, "psycopg")
+            faulty.cut()             # also: faulty.proxy.latency = 0.2; faulty.refuse(); faulty.restore()
+
+    Every proxy made here closes at the end of the test.
+    """
+    made: list[ProxiedEndpoint] = []
+
+    def make(endpoint: Endpoint) -> ProxiedEndpoint:
+        made.append(ProxiedEndpoint(endpoint))
+        return made[-1]
+
+    yield make
+    for proxied in made:
+        proxied.close()
 
 
 @pytest.fixture
