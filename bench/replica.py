@@ -50,9 +50,9 @@ def ms_since(start: float) -> float:
 
 def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[float, float, float]:
     """pg_basebackup from a running primary, standby.signal, postgres with primary_conninfo, a
-    psycopg.connect every 5 ms until a read-only query works. Then, untimed by the former, a bare
+    psycopg.connect every 5 ms until a read-only query works. Then, timed on its own, a bare
     promotion: pg_promote(wait => false) and a poll every 5 ms until it is out of recovery.
-    Returns (basebackup ms, total ms, promotion ms)."""
+    Returns (basebackup ms, standby total ms, promotion ms)."""
     data = area / "standby"
     process: subprocess.Popen[bytes] | None = None
     start = time.perf_counter()

@@ -151,11 +151,13 @@ class ReplicaTopology:
         """Promote the replica to primary and point `.stable` at it. The old primary keeps
         running (a split brain, as after a network partition) until stop_primary()."""
         self.changed = True
-        promoted = self.nodes.replica.admin.scalar(
-            f"SELECT pg_promote(wait => true, wait_seconds => {int(timeout)})"
+        # pg_promote(wait => true) rechecks only every 100 ms; polling ourselves is ~10x faster.
+        self.nodes.replica.admin.execute("SELECT pg_promote(wait => false)")
+        self._wait(
+            "SELECT NOT pg_is_in_recovery()",
+            timeout,
+            lambda: f"replica was not promoted within {timeout:.0f} s",
         )
-        if not promoted:
-            raise PgtopoError(f"replica was not promoted within {timeout:.0f} s")
         self.proxy.retarget(self._address(self.nodes.replica))
 
     def stop_primary(self, mode: str = "fast") -> None:

@@ -1,0 +1,262 @@
+"""Short-lived tokens (RDS IAM auth) and Prometheus pool gauges, on a real server.
+
+Tokens: an engine with one token in its URL stops opening connections once the token expired
+(the cheatsheet's warning, shown biting), while an engine with the `do_connect` hook keeps
+connecting, for every driver. Gauges: what a scrape reports while connections are held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pytest_pgtopo import Endpoint, create_async_engine, create_engine, drivers
+from pytest_pgtopo.admin import AdminConnection
+from pytest_pgtopo.credentials import TokenIssuer
+from pytest_pgtopo.recipes.iam import fresh_token_on_connect
+from pytest_pgtopo.recipes.pool_metrics import register_pool_gauges
+
+TTL = 1.0
+REFUSED = "password authentication failed"
+CURRENT_USER = sa.text("SELECT current_user")
+
+
+@pytest.fixture
+def token_issuer(pg_plain_database: Endpoint) -> Iterator[TokenIssuer]:
+    """A token role on this test's database; dropped after the test."""
+    with TokenIssuer(pg_plain_database) as issuer:
+        yield issuer
+
+
+def _installed(kind: drivers.Kind) -> list[pytest.ParameterSet]:
+    return [
+        pytest.param(
+            name,
+            marks=[]
+            if drivers.get(name).is_installed()
+            else [pytest.mark.skip(reason=f"driver {name} is not installed")],
+        )
+        for name in drivers.names_supporting(kind)
+    ]
+
+
+def _wait_until_refused(endpoint: Endpoint, timeout: float = 30.0) -> str:
+    """Poll fresh raw logins with `endpoint`'s password until the server refuses it; the error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            AdminConnection(endpoint).close()
+        except Exception as exc:  # noqa: BLE001 - the admin driver's own connect error.
+            if REFUSED in str(exc):
+                return str(exc)
+            raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{endpoint.user}'s token still works after {timeout} s")
+        time.sleep(0.05)
+
+
+# --- the issuer --------------------------------------------------------------------------------
+
+
+def test_issuer_role_is_a_plain_login_role(token_issuer: TokenIssuer) -> None:
+    token = token_issuer.issue(60)
+    connection = AdminConnection(token_issuer.endpoint(token))
+    try:
+        assert connection.scalar("SELECT current_user") == token_issuer.role
+        assert connection.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+        assert connection.scalar("SELECT current_database()") == token_issuer.database
+    finally:
+        connection.close()
+
+
+def test_a_new_token_invalidates_the_previous_one(token_issuer: TokenIssuer) -> None:
+    """One role has one password: unlike RDS tokens, an older token dies at the next issue()."""
+    first = token_issuer.issue(60)
+    AdminConnection(token_issuer.endpoint(first)).close()
+    second = token_issuer.issue(60)
+    with pytest.raises(Exception, match=REFUSED):
+        AdminConnection(token_issuer.endpoint(first))
+    AdminConnection(token_issuer.endpoint(second)).close()
+
+
+# --- fixed token in the URL vs. the do_connect hook ----------------------------------------------
+
+
+@pytest.mark.parametrize("driver", _installed("sync"))
+def test_sync_fixed_token_expires_the_hook_keeps_connecting(
+    token_issuer: TokenIssuer, driver: str
+) -> None:
+    fixed = create_engine(token_issuer.endpoint(token_issuer.issue(TTL)), driver)
+    hooked = create_engine(token_issuer.endpoint(""), driver)
+    fetched: list[str] = []
+
+    def fetch() -> str:
+        fetched.append(token_issuer.issue(TTL))
+        return fetched[-1]
+
+    fresh_token_on_connect(hooked, fetch)
+    with contextlib.ExitStack() as stack:
+        stack.callback(fixed.dispose)
+        stack.callback(hooked.dispose)
+        held = stack.enter_context(fixed.connect())
+        assert held.scalar(CURRENT_USER) == token_issuer.role
+
+        _wait_until_refused(token_issuer.endpoint(fixed.url.password or ""))
+        # The cheatsheet's mistake: the pool's next connection logs in with the dead token.
+        with pytest.raises(sa.exc.DBAPIError, match=REFUSED) as refused:
+            fixed.connect()
+        print(f"{driver}: {type(refused.value.orig).__module__}.{refused.value.orig!r}")
+        # The server checks passwords at login only: the open connection still works.
+        assert held.scalar(CURRENT_USER) == token_issuer.role
+
+        first = stack.enter_context(hooked.connect())
+        assert first.scalar(CURRENT_USER) == token_issuer.role
+        _wait_until_refused(token_issuer.endpoint(fetched[-1]))
+        # A second connection (the first is checked out) fetches its own token.
+        second = stack.enter_context(hooked.connect())
+        assert second.scalar(CURRENT_USER) == token_issuer.role
+        assert len(fetched) == 2
+
+
+@pytest.mark.parametrize("driver", _installed("async"))
+async def test_async_fixed_token_expires_the_hook_keeps_connecting(
+    token_issuer: TokenIssuer, driver: str
+) -> None:
+    fixed = create_async_engine(token_issuer.endpoint(token_issuer.issue(TTL)), driver)
+    hooked = create_async_engine(token_issuer.endpoint(""), driver)
+    fetched: list[str] = []
+
+    def fetch() -> str:
+        fetched.append(token_issuer.issue(TTL))
+        return fetched[-1]
+
+    fresh_token_on_connect(hooked, fetch)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(fixed.dispose)
+        stack.push_async_callback(hooked.dispose)
+        held: AsyncConnection = await stack.enter_async_context(fixed.connect())
+        assert await held.scalar(CURRENT_USER) == token_issuer.role
+
+        await asyncio.to_thread(_wait_until_refused, token_issuer.endpoint(fixed.url.password or ""))
+        with pytest.raises(sa.exc.DBAPIError, match=REFUSED) as refused:
+            await fixed.connect()
+        print(f"{driver}: {type(refused.value.orig).__module__}.{refused.value.orig!r}")
+        assert await held.scalar(CURRENT_USER) == token_issuer.role
+
+        first = await stack.enter_async_context(hooked.connect())
+        assert await first.scalar(CURRENT_USER) == token_issuer.role
+        await asyncio.to_thread(_wait_until_refused, token_issuer.endpoint(fetched[-1]))
+        second = await stack.enter_async_context(hooked.connect())
+        assert await second.scalar(CURRENT_USER) == token_issuer.role
+        assert len(fetched) == 2
+
+
+# --- pool gauges -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prometheus() -> ModuleType:
+    return pytest.importorskip("prometheus_client")
+
+
+def _scrape(prometheus: ModuleType, registry: object, engine: str) -> dict[str, float]:
+    """Scrape the registry as Prometheus would and read `engine`'s pool gauges."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = prometheus.generate_latest(registry).decode()
+    return {
+        sample.name.removeprefix("sqlalchemy_pool_"): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("sqlalchemy_pool_") and sample.labels == {"engine": engine}
+    }
+
+
+def test_pool_gauges_follow_checkouts(pg_plain_database: Endpoint, prometheus: ModuleType) -> None:
+    engine = create_engine(pg_plain_database, "psycopg", pool_size=2, max_overflow=3)
+    registry = prometheus.CollectorRegistry()
+    register_pool_gauges(engine, registry, name="orders")
+    try:
+        # SQLAlchemy's own overflow() is negative until pool_size connections were opened.
+        assert engine.pool.overflow() == -2  # type: ignore[attr-defined]
+        idle = {"size": 2, "checked_out": 0, "checked_in": 0, "overflow": 0}
+        assert _scrape(prometheus, registry, "orders") == idle
+        with contextlib.ExitStack() as stack:
+            for _ in range(4):
+                stack.enter_context(engine.connect()).execute(sa.text("SELECT 1"))
+            busy = {"size": 2, "checked_out": 4, "checked_in": 0, "overflow": 2}
+            assert _scrape(prometheus, registry, "orders") == busy
+        # The two overflow connections are closed, pool_size stay open and idle.
+        released = {"size": 2, "checked_out": 0, "checked_in": 2, "overflow": 0}
+        assert _scrape(prometheus, registry, "orders") == released
+    finally:
+        engine.dispose()
+
+
+def test_pool_gauges_follow_the_new_pool_after_dispose(
+    pg_plain_database: Endpoint, prometheus: ModuleType
+) -> None:
+    """dispose() replaces engine.pool: a collector that kept the old pool would report zeros."""
+    engine = create_engine(pg_plain_database, "psycopg", pool_size=2, max_overflow=3)
+    registry = prometheus.CollectorRegistry()
+    register_pool_gauges(engine, registry, name="orders")
+    old_pool = engine.pool
+    engine.dispose()
+    try:
+        with engine.connect():
+            assert engine.pool is not old_pool
+            assert old_pool.checkedout() == 0  # type: ignore[attr-defined]
+            assert _scrape(prometheus, registry, "orders")["checked_out"] == 1
+    finally:
+        engine.dispose()
+
+
+async def test_pool_gauges_of_async_engines_share_a_registry(
+    pg_plain_database: Endpoint, prometheus: ModuleType
+) -> None:
+    driver = "asyncpg" if drivers.get("asyncpg").is_installed() else "psycopg"
+    reads = create_async_engine(pg_plain_database, driver, pool_size=2, max_overflow=3)
+    writes = create_async_engine(pg_plain_database, driver, pool_size=5, max_overflow=0)
+    registry = prometheus.CollectorRegistry()
+    register_pool_gauges(reads, registry, name="reads")
+    register_pool_gauges(writes, registry, name="writes")
+    with pytest.raises(ValueError, match="'reads' already has pool gauges"):
+        register_pool_gauges(writes, registry, name="reads")
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                await stack.enter_async_context(reads.connect())
+            assert _scrape(prometheus, registry, "reads") == {
+                "size": 2,
+                "checked_out": 3,
+                "checked_in": 0,
+                "overflow": 1,
+            }
+            assert _scrape(prometheus, registry, "writes")["size"] == 5
+            assert _scrape(prometheus, registry, "writes")["checked_out"] == 0
+    finally:
+        await reads.dispose()
+        await writes.dispose()
+
+
+def test_pool_gauges_refuse_a_pool_without_counts(pg_plain_database: Endpoint) -> None:
+    engine = create_engine(pg_plain_database, "psycopg", poolclass=sa.NullPool)
+    with pytest.raises(TypeError, match="need a QueuePool; engine 'default' uses NullPool"):
+        register_pool_gauges(engine)
+
+
+def test_missing_prometheus_client_names_the_extra(
+    pg_plain_database: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    engine = create_engine(pg_plain_database, "psycopg")
+    with pytest.raises(ImportError, match=r"pip install 'pytest-pgtopo\[prometheus\]'"):
+        register_pool_gauges(engine)
