@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 BACKENDS = ("auto", "local", "docker", "external")
 ISOLATION_MODES: tuple[IsolationMode, ...] = ("database", "rollback")
+AUDIT_MODES = ("off", "warn", "error")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -134,6 +135,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "database",
     ),
     Option(
+        "audit",
+        "check every engine that connects to a topology for the cheatsheet's common mistakes: "
+        "off, warn (a warning per finding) or error (the connecting test fails)",
+        _choice(*AUDIT_MODES),
+        "off",
+    ),
+    Option(
         "tmpdir",
         "where server data goes (default: /dev/shm if roomy, else the temp dir)",
         _directory,
@@ -151,6 +159,7 @@ class PgtopoConfig:
     pgbouncer_bin: Path | None = None
     keep: bool = False
     isolation: IsolationMode = "database"
+    audit: str = "off"
     tmpdir: Path | None = None
     sources: tuple[tuple[str, str], ...] = ()
     """(key, channel) for every setting not at its default, e.g. ('driver', 'env PGTOPO_DRIVER')."""

@@ -6,7 +6,10 @@ existing one, is one edit here. Nothing in this module opens a connection on imp
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,6 +60,82 @@ def _pg8000_client(options: ClientOptions) -> dict[str, Any]:
     # pg8000's `timeout` is a socket timeout for every operation, so connect_timeout is left to
     # the server's statement_timeout; pg8000 only uses unnamed statements outside its cache.
     return {}
+
+
+Verification = Literal["none", "unverified", "verify-ca", "verify-full"]
+
+
+@dataclass(frozen=True)
+class ConnectFacts:
+    """What a connection asked for, read back from the driver's own connect parameters."""
+
+    startup: dict[str, str]
+    """Startup parameters (GUC name -> value) the driver will send."""
+    tls: Verification
+    prepared_statements: bool
+    """Whether server-side prepared statements outlive one transaction (caches on)."""
+
+
+def _context_verification(context: Any) -> Verification:
+    if not isinstance(context, ssl.SSLContext):
+        return "unverified"
+    if context.verify_mode == ssl.CERT_NONE:
+        return "unverified"
+    return "verify-full" if context.check_hostname else "verify-ca"
+
+
+def _libpq_options(options: str) -> dict[str, str]:
+    parts = re.findall(r"(?:\\.|[^\s\\])+", options)
+    pairs = [p.split("=", 1) for p in parts if p != "-c" and "=" in p]
+    return {k.removeprefix("-c"): v.replace("\\ ", " ") for k, v in pairs}
+
+
+def _libpq_facts(cparams: Mapping[str, Any]) -> ConnectFacts:
+    startup = _libpq_options(str(cparams.get("options") or ""))
+    if cparams.get("application_name"):
+        startup["application_name"] = str(cparams["application_name"])
+    mode = str(cparams.get("sslmode") or "prefer")
+    tls: Verification = (
+        "none"
+        if mode == "disable"
+        else mode
+        if mode in ("verify-ca", "verify-full")
+        else "unverified"  # type: ignore[assignment]
+    )
+    # psycopg 3 prepares after prepare_threshold executions unless it is None; psycopg2 never.
+    prepared = "prepare_threshold" not in cparams or cparams["prepare_threshold"] is not None
+    return ConnectFacts(startup, tls, prepared)
+
+
+def _psycopg2_facts(cparams: Mapping[str, Any]) -> ConnectFacts:
+    return dataclasses.replace(_libpq_facts(cparams), prepared_statements=False)
+
+
+def _asyncpg_facts(cparams: Mapping[str, Any]) -> ConnectFacts:
+    startup = {k: str(v) for k, v in (cparams.get("server_settings") or {}).items()}
+    ssl_arg = cparams.get("ssl")
+    tls: Verification = (
+        "none"
+        if ssl_arg in (False, "disable")
+        else "verify-full"
+        if ssl_arg == "verify-full"
+        else _context_verification(ssl_arg)
+    )
+    caches = (
+        cparams.get("statement_cache_size", 100),
+        cparams.get("prepared_statement_cache_size", 100),
+    )
+    return ConnectFacts(startup, tls, any(size != 0 for size in caches))
+
+
+def _pg8000_facts(cparams: Mapping[str, Any]) -> ConnectFacts:
+    startup = {k: str(v) for k, v in (cparams.get("startup_params") or {}).items()}
+    if cparams.get("application_name"):
+        startup["application_name"] = str(cparams["application_name"])
+    context = cparams.get("ssl_context")
+    tls: Verification = "none" if context is False else _context_verification(context)
+    # pg8000 keeps named statements per connection only for its own cache of unnamed ones.
+    return ConnectFacts(startup, tls, False)
 
 
 def _libpq_tls(tls: TlsClient) -> dict[str, Any]:
@@ -130,6 +209,8 @@ class Driver:
     tls_args: Callable[[TlsClient], dict[str, Any]]
     """Turns client TLS settings into this driver's connect arguments."""
     plaintext_args: dict[str, Any]
+    facts: Callable[[Mapping[str, Any]], ConnectFacts]
+    """Reads back what a connection asked for from the driver's connect parameters (the audit)."""
     """Says "no TLS" explicitly. Every driver's default tries TLS first; pg8000's even builds a
     context from the system CA store on each connect (~35 ms), then falls back to plaintext."""
     connect_autocommit: Callable[[dict[str, Any]], Any] | None
@@ -208,6 +289,7 @@ DRIVERS: dict[str, Driver] = {
             _asyncpg_client,
             _asyncpg_tls,
             {"ssl": False},
+            _asyncpg_facts,
             None,
         ),
         Driver(
@@ -220,6 +302,7 @@ DRIVERS: dict[str, Driver] = {
             _psycopg_client,
             _libpq_tls,
             {"sslmode": "disable"},
+            _libpq_facts,
             _connect_psycopg,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -233,6 +316,7 @@ DRIVERS: dict[str, Driver] = {
             _psycopg2_client,
             _libpq_tls,
             {"sslmode": "disable"},
+            _psycopg2_facts,
             _connect_psycopg2,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
         ),
@@ -246,6 +330,7 @@ DRIVERS: dict[str, Driver] = {
             _pg8000_client,
             _pg8000_tls,
             {"ssl_context": False},
+            _pg8000_facts,
             _connect_pg8000,
             multi_host=False,
             autocommit_behind_pooler=False,

@@ -23,5 +23,9 @@ class DriverUnsupportedError(PgtopoError):
     """A driver was asked for something it cannot do, such as an async engine from psycopg2."""
 
 
+class PgtopoAuditError(PgtopoError):
+    """--pgtopo-audit=error found a common mistake in an engine's connection."""
+
+
 class PgtopoWarning(UserWarning):
     """A configuration that works but is a known mistake (a generic application_name, say)."""

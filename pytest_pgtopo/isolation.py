@@ -25,7 +25,9 @@ from typing import Any, Literal
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
+from . import drivers
 from .admin import AdminConnection, admin_driver, quote_ident
+from .audit import INTERNAL_APPLICATION_NAME
 from .errors import PgtopoError
 from .servers.postgres import PostgresServer
 
@@ -132,7 +134,14 @@ def load_schema(schema: SchemaSource, server: PostgresServer, dbname: str) -> No
             f"pgtopo_schema returned {schema!r}; expected a sqlalchemy.MetaData, "
             "a path to a .sql file, a callable taking a sync Engine, or None"
         )
-    engine = sqlalchemy.create_engine(endpoint.url(admin_driver()), poolclass=NullPool)
+    driver = admin_driver()
+    # Named so --pgtopo-audit knows the plugin's own engine from the application's.
+    internal = drivers.get(driver).startup_args({"application_name": INTERNAL_APPLICATION_NAME})
+    engine = sqlalchemy.create_engine(
+        endpoint.url(driver),
+        poolclass=NullPool,
+        connect_args={**endpoint.connect_args(driver), **internal},
+    )
     try:
         if isinstance(schema, sqlalchemy.MetaData):
             schema.create_all(engine)

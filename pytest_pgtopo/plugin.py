@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import config as config_module
 from . import drivers
+from .audit import AuditListener
 from .drivers import Kind
 from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import PgtopoError
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 SESSION_KEY = pytest.StashKey[PgtopoSession]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+AUDIT_KEY = pytest.StashKey[AuditListener]()
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SESSION_KEY] = PgtopoSession(config_module.resolve(config))
+    session = PgtopoSession(config_module.resolve(config))
+    config.stash[SESSION_KEY] = session
+    if session.config.audit != "off":
+        # Class-level listeners: every Engine the run creates, the application's own included.
+        listener = AuditListener(session.audit_report, session.audit_target)
+        listener.attach(sqlalchemy.Engine)
+        config.stash[AUDIT_KEY] = listener
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    listener = config.stash.get(AUDIT_KEY, None)
+    if listener is not None:
+        listener.detach(sqlalchemy.Engine)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -147,6 +161,10 @@ def pytest_runtest_makereport(
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash[SESSION_KEY]
+    if session.audit_findings:
+        terminalreporter.write_sep("=", f"pgtopo audit: {len(session.audit_findings)} finding(s)")
+        for where, finding in session.audit_findings:
+            terminalreporter.write_line(f"{where} {finding}")
     lines = session.keep_report() if session.config.keep else []
     lines += [
         f"kept database of failed {kept.test}: {kept.endpoint.describe()}"

@@ -6,12 +6,15 @@ No pytest import here: the plugin hands this object its config and calls close()
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from .audit import Finding, Target, ports_of
 from .config import PgtopoConfig
 from .endpoint import Endpoint
-from .errors import PgtopoError
+from .errors import PgtopoAuditError, PgtopoError, PgtopoWarning
 from .isolation import Databases
 from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
@@ -42,6 +45,8 @@ class PgtopoSession:
     config: PgtopoConfig
     topologies: dict[str, Topology] = field(default_factory=dict)
     kept_databases: list[KeptDatabase] = field(default_factory=list)
+    audit_findings: list[tuple[str, Finding]] = field(default_factory=list)
+    audit_seen: set[tuple[str, str]] = field(default_factory=set)
     _backend: LocalBackend | None = None
     _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
 
@@ -83,6 +88,26 @@ class PgtopoSession:
         topology = self._custom(f"tls {options}", lambda: TlsTopology.start(self.backend, options))
         assert isinstance(topology, TlsTopology)
         return topology
+
+    def audit_target(self, cparams: Mapping[str, Any]) -> Target | None:
+        """What is behind the address a connection goes to, if it is one of ours."""
+        targets = {
+            port: target
+            for topology in self.topologies.values()
+            for port, target in topology.audit_targets().items()
+        }
+        return next((targets[p] for p in ports_of(cparams) if p in targets), None)
+
+    def audit_report(self, cparams: Mapping[str, Any], findings: list[Finding]) -> None:
+        """--pgtopo-audit: warn or fail once per finding and address."""
+        where = f"{cparams.get('host')}:{cparams.get('port')}"
+        new = [f for f in findings if (f.code, where) not in self.audit_seen]
+        self.audit_seen.update((f.code, where) for f in new)
+        self.audit_findings.extend((where, f) for f in new)
+        if self.config.audit == "error":  # Every offending connection fails, not only the first.
+            raise PgtopoAuditError(f"pgtopo audit ({where}): " + "; ".join(map(str, findings)))
+        for finding in new:
+            warnings.warn(PgtopoWarning(f"pgtopo audit ({where}): {finding}"), stacklevel=2)
 
     def restore_replica_pair(self) -> None:
         """Rebuild the replica pair if a test promoted or stopped one of its servers, so the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..audit import Target
 from ..endpoint import Endpoint
 from ..servers.postgres import PostgresServer
 
@@ -27,6 +28,10 @@ class Topology(Protocol):
 
     def pids(self) -> list[int]:
         """Every running process of the topology (servers, poolers), for --pgtopo-keep."""
+        ...
+
+    def audit_targets(self) -> dict[int, Target]:
+        """Port -> what is behind it, for --pgtopo-audit."""
         ...
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:

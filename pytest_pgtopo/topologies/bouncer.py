@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..audit import Target
 from ..endpoint import Endpoint
 from ..servers.certificates import issue_certificates
 from ..servers.local_backend import LocalBackend
@@ -115,6 +116,13 @@ class BouncerTopology:
         PostgreSQL servers, so a keep report built from it would miss the bouncer)."""
         processes = [self.server.process, self.pgbouncer.process]
         return [p.pid for p in processes if p is not None and p.poll() is None]
+
+    def audit_targets(self) -> dict[int, Target]:
+        tls = self.pgbouncer.client_tls is not None
+        return {
+            self.bouncer.port: Target(pooler=self.pgbouncer.pool_mode, tls=tls),
+            self.primary.port: Target(),
+        }
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {

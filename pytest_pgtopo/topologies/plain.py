@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..audit import Target
 from ..endpoint import Endpoint
 from ..servers.local_backend import LocalBackend
 from ..servers.postgres import PostgresServer
@@ -37,6 +38,9 @@ class PlainTopology:
     def pids(self) -> list[int]:
         process = self.server.process
         return [process.pid] if process is not None and process.poll() is None else []
+
+    def audit_targets(self) -> dict[int, Target]:
+        return {self.primary.port: Target()}
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..audit import Target
 from ..endpoint import Endpoint, MultiHostEndpoint
 from ..errors import PgtopoError
 from ..servers.local_backend import LocalBackend
@@ -185,6 +186,9 @@ class ReplicaTopology:
     def pids(self) -> list[int]:
         processes = [server.process for server in self.servers()]
         return [p.pid for p in processes if p is not None and p.poll() is None]
+
+    def audit_targets(self) -> dict[int, Target]:
+        return {endpoint.port: Target() for endpoint in (self.primary, self.replica, self.stable)}
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {f"postgres {s.name} ({s.log_path})": s.log_tail(lines) for s in self.servers()}

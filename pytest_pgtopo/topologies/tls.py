@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit import Target
 from ..endpoint import Endpoint
 from ..servers.certificates import DEFAULT_HOSTNAMES, issue_certificates
 from ..servers.initdb_cache import SUPERUSER
@@ -104,6 +105,9 @@ class TlsTopology:
     def pids(self) -> list[int]:
         process = self.server.process
         return [process.pid] if process is not None and process.poll() is None else []
+
+    def audit_targets(self) -> dict[int, Target]:
+        return {self.primary.port: Target(tls=True)}
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {
