@@ -52,6 +52,7 @@ def test_defaults(inner: pytest.Pytester) -> None:
             "CONFIG auto  False database None /bin/sh None",
         ),
         ("tmpdir", "--pgtopo-tmpdir", "/tmp", "CONFIG auto  False database None None /tmp"),
+        ("audit", "--pgtopo-audit", "warn", "CONFIG auto  False database None None None warn"),
     ],
 )
 @pytest.mark.parametrize("channel", ["cli", "ini", "env"])
