@@ -6,6 +6,8 @@ pytest, the recipes below build engines for any endpoint::
     from pytest_pgtopo import Endpoint, SessionSettings, create_async_engine
 """
 
+from .audit import Finding, Target, audit_async_engine, audit_engine
+from .credentials import TokenIssuer
 from .drivers import ClientOptions
 from .endpoint import Endpoint
 from .errors import (
@@ -17,6 +19,8 @@ from .errors import (
     ServerStartError,
 )
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
+from .recipes.iam import fresh_token_on_connect
+from .recipes.pool_metrics import register_pool_gauges
 from .recipes.pooler import Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
 from .tls import TlsClient, TlsMode
@@ -33,16 +37,23 @@ __all__ = [
     "DriverNotInstalledError",
     "DriverUnsupportedError",
     "Endpoint",
+    "Finding",
     "PgtopoError",
     "PgtopoWarning",
     "Pooler",
     "ServerStartError",
     "SessionSettings",
+    "Target",
     "TlsClient",
     "TlsMode",
     "TlsOptions",
+    "TokenIssuer",
+    "audit_async_engine",
+    "audit_engine",
     "create_async_engine",
     "create_engine",
     "durable_settings_sql",
     "engine_arguments",
+    "fresh_token_on_connect",
+    "register_pool_gauges",
 ]

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import config as config_module
 from . import drivers
 from .audit import AuditListener
+from .credentials import TokenIssuer
 from .drivers import Kind
 from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import PgtopoError
@@ -333,6 +334,14 @@ def pg_fault_proxy() -> Iterator[Callable[[Endpoint], ProxiedEndpoint]]:
     yield make
     for proxied in made:
         proxied.close()
+
+
+@pytest.fixture
+def pg_token_issuer(pg_plain_database: Endpoint) -> Iterator[TokenIssuer]:
+    """A login role on this test's database whose passwords expire, like RDS IAM tokens:
+    `issue(ttl)` returns a fresh one, `endpoint(token)` connects with it."""
+    with TokenIssuer(pg_plain_database) as issuer:
+        yield issuer
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 import time
-from collections.abc import Iterator
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -23,17 +23,21 @@ from pytest_pgtopo.admin import AdminConnection
 from pytest_pgtopo.credentials import TokenIssuer
 from pytest_pgtopo.recipes.iam import fresh_token_on_connect
 from pytest_pgtopo.recipes.pool_metrics import register_pool_gauges
+from pytest_pgtopo.topologies.plain import PlainTopology
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 TTL = 1.0
 REFUSED = "password authentication failed"
+# What SQLAlchemy raises for the refused login: an `except OperationalError` misses two drivers.
+REFUSED_AS: dict[str, type[sa.exc.DBAPIError]] = {
+    "psycopg": sa.exc.OperationalError,
+    "psycopg2": sa.exc.OperationalError,
+    "pg8000": sa.exc.ProgrammingError,  # {'C': '28P01', 'M': 'password authentication failed ...'}
+    "asyncpg": sa.exc.DBAPIError,  # from asyncpg.exceptions.InvalidPasswordError
+}
 CURRENT_USER = sa.text("SELECT current_user")
-
-
-@pytest.fixture
-def token_issuer(pg_plain_database: Endpoint) -> Iterator[TokenIssuer]:
-    """A token role on this test's database; dropped after the test."""
-    with TokenIssuer(pg_plain_database) as issuer:
-        yield issuer
 
 
 def _installed(kind: drivers.Kind) -> list[pytest.ParameterSet]:
@@ -54,7 +58,7 @@ def _wait_until_refused(endpoint: Endpoint, timeout: float = 30.0) -> str:
     while True:
         try:
             AdminConnection(endpoint).close()
-        except Exception as exc:  # noqa: BLE001 - the admin driver's own connect error.
+        except Exception as exc:
             if REFUSED in str(exc):
                 return str(exc)
             raise
@@ -63,28 +67,38 @@ def _wait_until_refused(endpoint: Endpoint, timeout: float = 30.0) -> str:
         time.sleep(0.05)
 
 
+def _check_expired(
+    error: sa.exc.DBAPIError, driver: str, role: str, pg_plain: PlainTopology
+) -> None:
+    """The refusal has the driver's error class, and the server logged why: expiry."""
+    assert type(error) is REFUSED_AS[driver], repr(error)
+    assert f'User "{role}" has an expired password.' in pg_plain.server.log_tail(200)
+
+
 # --- the issuer --------------------------------------------------------------------------------
 
 
-def test_issuer_role_is_a_plain_login_role(token_issuer: TokenIssuer) -> None:
-    token = token_issuer.issue(60)
-    connection = AdminConnection(token_issuer.endpoint(token))
+def test_issuer_role_is_a_plain_login_role(pg_token_issuer: TokenIssuer) -> None:
+    token = pg_token_issuer.issue(60)
+    connection = AdminConnection(pg_token_issuer.endpoint(token))
     try:
-        assert connection.scalar("SELECT current_user") == token_issuer.role
-        assert connection.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
-        assert connection.scalar("SELECT current_database()") == token_issuer.database
+        assert connection.scalar("SELECT current_user") == pg_token_issuer.role
+        assert (
+            connection.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+        )
+        assert connection.scalar("SELECT current_database()") == pg_token_issuer.database
     finally:
         connection.close()
 
 
-def test_a_new_token_invalidates_the_previous_one(token_issuer: TokenIssuer) -> None:
+def test_a_new_token_invalidates_the_previous_one(pg_token_issuer: TokenIssuer) -> None:
     """One role has one password: unlike RDS tokens, an older token dies at the next issue()."""
-    first = token_issuer.issue(60)
-    AdminConnection(token_issuer.endpoint(first)).close()
-    second = token_issuer.issue(60)
+    first = pg_token_issuer.issue(60)
+    AdminConnection(pg_token_issuer.endpoint(first)).close()
+    second = pg_token_issuer.issue(60)
     with pytest.raises(Exception, match=REFUSED):
-        AdminConnection(token_issuer.endpoint(first))
-    AdminConnection(token_issuer.endpoint(second)).close()
+        AdminConnection(pg_token_issuer.endpoint(first))
+    AdminConnection(pg_token_issuer.endpoint(second)).close()
 
 
 # --- fixed token in the URL vs. the do_connect hook ----------------------------------------------
@@ -92,14 +106,14 @@ def test_a_new_token_invalidates_the_previous_one(token_issuer: TokenIssuer) -> 
 
 @pytest.mark.parametrize("driver", _installed("sync"))
 def test_sync_fixed_token_expires_the_hook_keeps_connecting(
-    token_issuer: TokenIssuer, driver: str
+    pg_token_issuer: TokenIssuer, pg_plain: PlainTopology, driver: str
 ) -> None:
-    fixed = create_engine(token_issuer.endpoint(token_issuer.issue(TTL)), driver)
-    hooked = create_engine(token_issuer.endpoint(""), driver)
+    fixed = create_engine(pg_token_issuer.endpoint(pg_token_issuer.issue(TTL)), driver)
+    hooked = create_engine(pg_token_issuer.endpoint(""), driver)
     fetched: list[str] = []
 
     def fetch() -> str:
-        fetched.append(token_issuer.issue(TTL))
+        fetched.append(pg_token_issuer.issue(TTL))
         return fetched[-1]
 
     fresh_token_on_connect(hooked, fetch)
@@ -107,35 +121,36 @@ def test_sync_fixed_token_expires_the_hook_keeps_connecting(
         stack.callback(fixed.dispose)
         stack.callback(hooked.dispose)
         held = stack.enter_context(fixed.connect())
-        assert held.scalar(CURRENT_USER) == token_issuer.role
+        assert held.scalar(CURRENT_USER) == pg_token_issuer.role
 
-        _wait_until_refused(token_issuer.endpoint(fixed.url.password or ""))
+        _wait_until_refused(pg_token_issuer.endpoint(fixed.url.password or ""))
+        assert fetched == []  # nothing re-issued: the token expired by itself
         # The cheatsheet's mistake: the pool's next connection logs in with the dead token.
         with pytest.raises(sa.exc.DBAPIError, match=REFUSED) as refused:
             fixed.connect()
-        print(f"{driver}: {type(refused.value.orig).__module__}.{refused.value.orig!r}")
+        _check_expired(refused.value, driver, pg_token_issuer.role, pg_plain)
         # The server checks passwords at login only: the open connection still works.
-        assert held.scalar(CURRENT_USER) == token_issuer.role
+        assert held.scalar(CURRENT_USER) == pg_token_issuer.role
 
         first = stack.enter_context(hooked.connect())
-        assert first.scalar(CURRENT_USER) == token_issuer.role
-        _wait_until_refused(token_issuer.endpoint(fetched[-1]))
+        assert first.scalar(CURRENT_USER) == pg_token_issuer.role
+        _wait_until_refused(pg_token_issuer.endpoint(fetched[-1]))
         # A second connection (the first is checked out) fetches its own token.
         second = stack.enter_context(hooked.connect())
-        assert second.scalar(CURRENT_USER) == token_issuer.role
+        assert second.scalar(CURRENT_USER) == pg_token_issuer.role
         assert len(fetched) == 2
 
 
 @pytest.mark.parametrize("driver", _installed("async"))
 async def test_async_fixed_token_expires_the_hook_keeps_connecting(
-    token_issuer: TokenIssuer, driver: str
+    pg_token_issuer: TokenIssuer, pg_plain: PlainTopology, driver: str
 ) -> None:
-    fixed = create_async_engine(token_issuer.endpoint(token_issuer.issue(TTL)), driver)
-    hooked = create_async_engine(token_issuer.endpoint(""), driver)
+    fixed = create_async_engine(pg_token_issuer.endpoint(pg_token_issuer.issue(TTL)), driver)
+    hooked = create_async_engine(pg_token_issuer.endpoint(""), driver)
     fetched: list[str] = []
 
     def fetch() -> str:
-        fetched.append(token_issuer.issue(TTL))
+        fetched.append(pg_token_issuer.issue(TTL))
         return fetched[-1]
 
     fresh_token_on_connect(hooked, fetch)
@@ -143,19 +158,21 @@ async def test_async_fixed_token_expires_the_hook_keeps_connecting(
         stack.push_async_callback(fixed.dispose)
         stack.push_async_callback(hooked.dispose)
         held: AsyncConnection = await stack.enter_async_context(fixed.connect())
-        assert await held.scalar(CURRENT_USER) == token_issuer.role
+        assert await held.scalar(CURRENT_USER) == pg_token_issuer.role
 
-        await asyncio.to_thread(_wait_until_refused, token_issuer.endpoint(fixed.url.password or ""))
+        await asyncio.to_thread(
+            _wait_until_refused, pg_token_issuer.endpoint(fixed.url.password or "")
+        )
         with pytest.raises(sa.exc.DBAPIError, match=REFUSED) as refused:
             await fixed.connect()
-        print(f"{driver}: {type(refused.value.orig).__module__}.{refused.value.orig!r}")
-        assert await held.scalar(CURRENT_USER) == token_issuer.role
+        _check_expired(refused.value, driver, pg_token_issuer.role, pg_plain)
+        assert await held.scalar(CURRENT_USER) == pg_token_issuer.role
 
         first = await stack.enter_async_context(hooked.connect())
-        assert await first.scalar(CURRENT_USER) == token_issuer.role
-        await asyncio.to_thread(_wait_until_refused, token_issuer.endpoint(fetched[-1]))
+        assert await first.scalar(CURRENT_USER) == pg_token_issuer.role
+        await asyncio.to_thread(_wait_until_refused, pg_token_issuer.endpoint(fetched[-1]))
         second = await stack.enter_async_context(hooked.connect())
-        assert await second.scalar(CURRENT_USER) == token_issuer.role
+        assert await second.scalar(CURRENT_USER) == pg_token_issuer.role
         assert len(fetched) == 2
 
 
@@ -163,15 +180,20 @@ async def test_async_fixed_token_expires_the_hook_keeps_connecting(
 
 
 @pytest.fixture
-def prometheus() -> ModuleType:
-    return pytest.importorskip("prometheus_client")
+def registry() -> CollectorRegistry:
+    """A fresh registry, not the global one (skips when the `prometheus` extra is missing)."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
 
 
-def _scrape(prometheus: ModuleType, registry: object, engine: str) -> dict[str, float]:
+def _scrape(registry: CollectorRegistry, engine: str) -> dict[str, float]:
     """Scrape the registry as Prometheus would and read `engine`'s pool gauges."""
+    from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = prometheus.generate_latest(registry).decode()
+    text = generate_latest(registry).decode()
     return {
         sample.name.removeprefix("sqlalchemy_pool_"): sample.value
         for family in text_string_to_metric_families(text)
@@ -180,33 +202,33 @@ def _scrape(prometheus: ModuleType, registry: object, engine: str) -> dict[str, 
     }
 
 
-def test_pool_gauges_follow_checkouts(pg_plain_database: Endpoint, prometheus: ModuleType) -> None:
+def test_pool_gauges_follow_checkouts(
+    pg_plain_database: Endpoint, registry: CollectorRegistry
+) -> None:
     engine = create_engine(pg_plain_database, "psycopg", pool_size=2, max_overflow=3)
-    registry = prometheus.CollectorRegistry()
     register_pool_gauges(engine, registry, name="orders")
     try:
         # SQLAlchemy's own overflow() is negative until pool_size connections were opened.
         assert engine.pool.overflow() == -2  # type: ignore[attr-defined]
         idle = {"size": 2, "checked_out": 0, "checked_in": 0, "overflow": 0}
-        assert _scrape(prometheus, registry, "orders") == idle
+        assert _scrape(registry, "orders") == idle
         with contextlib.ExitStack() as stack:
             for _ in range(4):
                 stack.enter_context(engine.connect()).execute(sa.text("SELECT 1"))
             busy = {"size": 2, "checked_out": 4, "checked_in": 0, "overflow": 2}
-            assert _scrape(prometheus, registry, "orders") == busy
+            assert _scrape(registry, "orders") == busy
         # The two overflow connections are closed, pool_size stay open and idle.
         released = {"size": 2, "checked_out": 0, "checked_in": 2, "overflow": 0}
-        assert _scrape(prometheus, registry, "orders") == released
+        assert _scrape(registry, "orders") == released
     finally:
         engine.dispose()
 
 
 def test_pool_gauges_follow_the_new_pool_after_dispose(
-    pg_plain_database: Endpoint, prometheus: ModuleType
+    pg_plain_database: Endpoint, registry: CollectorRegistry
 ) -> None:
     """dispose() replaces engine.pool: a collector that kept the old pool would report zeros."""
     engine = create_engine(pg_plain_database, "psycopg", pool_size=2, max_overflow=3)
-    registry = prometheus.CollectorRegistry()
     register_pool_gauges(engine, registry, name="orders")
     old_pool = engine.pool
     engine.dispose()
@@ -214,18 +236,17 @@ def test_pool_gauges_follow_the_new_pool_after_dispose(
         with engine.connect():
             assert engine.pool is not old_pool
             assert old_pool.checkedout() == 0  # type: ignore[attr-defined]
-            assert _scrape(prometheus, registry, "orders")["checked_out"] == 1
+            assert _scrape(registry, "orders")["checked_out"] == 1
     finally:
         engine.dispose()
 
 
 async def test_pool_gauges_of_async_engines_share_a_registry(
-    pg_plain_database: Endpoint, prometheus: ModuleType
+    pg_plain_database: Endpoint, registry: CollectorRegistry
 ) -> None:
     driver = "asyncpg" if drivers.get("asyncpg").is_installed() else "psycopg"
     reads = create_async_engine(pg_plain_database, driver, pool_size=2, max_overflow=3)
     writes = create_async_engine(pg_plain_database, driver, pool_size=5, max_overflow=0)
-    registry = prometheus.CollectorRegistry()
     register_pool_gauges(reads, registry, name="reads")
     register_pool_gauges(writes, registry, name="writes")
     with pytest.raises(ValueError, match="'reads' already has pool gauges"):
@@ -234,23 +255,40 @@ async def test_pool_gauges_of_async_engines_share_a_registry(
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(3):
                 await stack.enter_async_context(reads.connect())
-            assert _scrape(prometheus, registry, "reads") == {
+            assert _scrape(registry, "reads") == {
                 "size": 2,
                 "checked_out": 3,
                 "checked_in": 0,
                 "overflow": 1,
             }
-            assert _scrape(prometheus, registry, "writes")["size"] == 5
-            assert _scrape(prometheus, registry, "writes")["checked_out"] == 0
+            assert _scrape(registry, "writes")["size"] == 5
+            assert _scrape(registry, "writes")["checked_out"] == 0
     finally:
         await reads.dispose()
         await writes.dispose()
 
 
-def test_pool_gauges_refuse_a_pool_without_counts(pg_plain_database: Endpoint) -> None:
+def test_pool_gauges_hold_the_engine_weakly(
+    pg_plain_database: Endpoint, registry: CollectorRegistry
+) -> None:
+    """A dropped engine's series leave the scrape, and its name can be used again."""
+    engine = create_engine(pg_plain_database, "psycopg")
+    register_pool_gauges(engine, registry, name="orders")
+    assert _scrape(registry, "orders")["size"] == 5
+    del engine
+    gc.collect()
+    assert _scrape(registry, "orders") == {}
+    again = create_engine(pg_plain_database, "psycopg", pool_size=1)
+    register_pool_gauges(again, registry, name="orders")
+    assert _scrape(registry, "orders")["size"] == 1
+
+
+def test_pool_gauges_refuse_a_pool_without_counts(
+    pg_plain_database: Endpoint, registry: CollectorRegistry
+) -> None:
     engine = create_engine(pg_plain_database, "psycopg", poolclass=sa.NullPool)
     with pytest.raises(TypeError, match="need a QueuePool; engine 'default' uses NullPool"):
-        register_pool_gauges(engine)
+        register_pool_gauges(engine, registry)
 
 
 def test_missing_prometheus_client_names_the_extra(
