@@ -23,6 +23,8 @@ from .recipes.iam import fresh_token_on_connect
 from .recipes.pool_metrics import register_pool_gauges
 from .recipes.pooler import Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
+from .recipes.tenancy import search_path_on_connect, search_path_value, tenant
+from .recipes.transaction_settings import aset_local, set_local
 from .tls import TlsClient, TlsMode
 from .topologies.bouncer import BouncerOptions
 from .topologies.tls import TlsOptions
@@ -48,6 +50,7 @@ __all__ = [
     "TlsMode",
     "TlsOptions",
     "TokenIssuer",
+    "aset_local",
     "audit_async_engine",
     "audit_engine",
     "create_async_engine",
@@ -56,4 +59,8 @@ __all__ = [
     "engine_arguments",
     "fresh_token_on_connect",
     "register_pool_gauges",
+    "search_path_on_connect",
+    "search_path_value",
+    "set_local",
+    "tenant",
 ]
