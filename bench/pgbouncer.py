@@ -9,23 +9,19 @@ always exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import functools
 import os
-import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,9 +41,12 @@ from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.servers.postgres import LOOPBACK, free_port
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
 
+# isort: split
+# bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.
+import common
+
 RESTART_TARGET = 1.5
 THROUGHPUT_TARGET = 0.9
-POLL_INTERVAL = 0.005
 WORKERS = 10
 WARMUP_SECONDS = 0.3
 DB = "bench"
@@ -75,12 +74,6 @@ pool_mode = transaction
 """
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
 def pid(process: subprocess.Popen[bytes] | None) -> int:
     assert process is not None
     return process.pid
@@ -105,28 +98,11 @@ def bare_pgbouncer(binary: Path, user: local.OsUser, area: Path, server: Endpoin
         process = local.spawn(
             [str(binary), str(ini)], user=user, cwd=area, log_path=area / "pgbouncer.log"
         )
-        deadline = start + 60
-        while True:
-            try:
-                conn = psycopg.connect(
-                    host=LOOPBACK,
-                    port=port,
-                    user=server.user,
-                    password=server.password,
-                    dbname="postgres",
-                )
-                break
-            except psycopg.OperationalError:
-                if process.poll() is not None or time.perf_counter() > deadline:
-                    raise
-                time.sleep(POLL_INTERVAL)
-        elapsed = (time.perf_counter() - start) * 1000
-        conn.close()
-        return elapsed
+        return common.ms_until_login(
+            process, start, port=port, user=server.user, password=server.password
+        )
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(10)
+        common.stop_process(process, signal.SIGTERM, 10)
 
 
 def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> dict[str, list[float]]:
@@ -135,15 +111,15 @@ def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> dict[str
     for round_ in range(repeat + 1):
         start = time.perf_counter()
         topology = BouncerTopology.start(backend)
-        up = (time.perf_counter() - start) * 1000
+        up = common.ms_since(start)
         try:
             binary, server = topology.pgbouncer.binary.path, topology.primary
             if round_ % 2:
-                restart = timed(topology.restart_bouncer)
+                restart = common.timed(topology.restart_bouncer)
                 bare = bare_pgbouncer(binary, backend.user, area, server)
             else:
                 bare = bare_pgbouncer(binary, backend.user, area, server)
-                restart = timed(topology.restart_bouncer)
+                restart = common.timed(topology.restart_bouncer)
         finally:
             topology.stop()
         if round_:
@@ -365,16 +341,6 @@ def measure_throughput(
 # --- report ----------------------------------------------------------------------------------
 
 
-def report_bring_up(rows: list[tuple[str, list[float]]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    print(f"{'bring-up':<{width}}  {'median ms':>9}  {'min ms':>8}  {'max ms':>8}  {'n':>3}")
-    for name, values in rows:
-        print(
-            f"{name:<{width}}  {statistics.median(values):9.1f}  {min(values):8.1f}"
-            f"  {max(values):8.1f}  {len(values):>3}"
-        )
-
-
 def report_throughput(results: dict[str, dict[str, list[Sample]]]) -> None:
     cpu_head = "  ".join(f"{name:>9}" for name in CPU_NAMES)
     print(f"{'throughput':<30}  {'tx/s':>7}  {'min':>7}  {'max':>7}  {cpu_head}  {'cpu us/tx':>9}")
@@ -394,50 +360,42 @@ def report_throughput(results: dict[str, dict[str, list[Sample]]]) -> None:
 def throughput_ratio(
     by_target: dict[str, list[Sample]], label: str, baseline: str = "direct"
 ) -> float:
-    def median(key: str) -> float:
-        return statistics.median(s.tps for s in by_target[key])
+    def tps(key: str) -> list[float]:
+        return [s.tps for s in by_target[key]]
 
-    return median(label) / median(baseline)
-
-
-def verdict(label: str, ratio: float, op: str, target: float) -> str:
-    shown = round(ratio, 2)  # Judged as printed, so "0.90x (target >= 0.9x)" is never MISSED.
-    ok = shown <= target if op == "<=" else shown >= target
-    return f"RATIO {label}: {shown:.2f}x (target {op} {target:g}x) {'OK' if ok else 'MISSED'}"
+    return common.median_ratio(tps(label), tps(baseline))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=15, help="bring-up repetitions")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per driver")
+    parser = common.arg_parser(__doc__, repeat=15, repeat_help="bring-up repetitions")
+    parser.add_argument(
+        "--rounds", type=common.at_least_one, default=3, help="throughput rounds per driver"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="length of a throughput run")
     parser.add_argument(
         "--transactions", type=int, help="run this many transactions per worker, not --seconds"
     )
     args = parser.parse_args()
-    repeat, rounds = max(1, args.repeat), max(1, args.rounds)
+    repeat, rounds = args.repeat, args.rounds
     budget = Budget(args.seconds, args.transactions)
 
-    root = Path(tempfile.mkdtemp(prefix="pgtopo_bench-", dir="/dev/shm"))
-    root.chmod(0o755)
-    # A private initdb cache, so ~/.cache/pytest-pgtopo is left alone.
-    os.environ["PGTOPO_CACHE_DIR"] = str(root / "cache")
-    backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=root, keep=False)
-    try:
-        area = root / "bare"
-        area.mkdir()
-        bring = measure_bring_up(backend, area, repeat)
-        throughput = measure_throughput(backend, rounds, budget)
-    finally:
-        backend.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with common.scratch_dir() as root, common.cache_dir(root / "cache"):
+        backend = common.local_backend(root)
+        try:
+            area = root / "bare"
+            area.mkdir()
+            bring = measure_bring_up(backend, area, repeat)
+            throughput = measure_throughput(backend, rounds, budget)
+        finally:
+            backend.close()
 
-    report_bring_up(
+    common.report(
+        "bring-up",
         [
             ("BouncerTopology.start (warm cache)", bring["up"]),
             ("topology.restart_bouncer()", bring["restart"]),
             ("bare pgbouncer spawn + poll", bring["bare"]),
-        ]
+        ],
     )
     print()
     workload = (
@@ -449,12 +407,12 @@ def main() -> None:
     print(f"client/pgbouncer/postgres: % of one core used (this machine has {CPUS} cores)")
     report_throughput(throughput)
     print()
-    restart = statistics.median(bring["restart"]) / statistics.median(bring["bare"])
-    print(verdict("restart_bouncer / bare pgbouncer spawn", restart, "<=", RESTART_TARGET))
+    restart = common.median_ratio(bring["restart"], bring["bare"])
+    print(common.verdict("restart_bouncer / bare pgbouncer spawn", restart, "<=", RESTART_TARGET))
     for driver, by_target in throughput.items():
         ratio = throughput_ratio(by_target, "PgBouncer pool 10")
         label = f"{driver} through PgBouncer / direct"
-        print(verdict(label, ratio, ">=", THROUGHPUT_TARGET) + "  [default_pool_size=10]")
+        print(common.verdict(label, ratio, ">=", THROUGHPUT_TARGET) + "  [default_pool_size=10]")
     for driver, by_target in throughput.items():
         ratio = throughput_ratio(by_target, "PgBouncer pool 4")
         print(f"INFO {driver} through PgBouncer / direct: {ratio:.2f}x  [default_pool_size=4]")

@@ -9,18 +9,14 @@ exits 0.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import sqlalchemy
 
 from pytest_pgtopo import create_engine
@@ -30,19 +26,17 @@ from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.servers.postgres import LOOPBACK, free_port
 from pytest_pgtopo.topologies.replica import ReplicaTopology
 
+# isort: split
+# bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.
+import common
+
 BRING_UP_TARGET = 1.5
-POLL_INTERVAL = 0.005
-WAIT_LIMIT = 60.0
 DRIVER = "psycopg"
 ENGINES = ("failover", "stable")
 INSERT = sqlalchemy.text("INSERT INTO bench_t (n) VALUES (1)")
 RECOVERY = "SELECT pg_is_in_recovery()"
 
 Samples = dict[str, list[float]]
-
-
-def ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
 
 
 # --- bring-up --------------------------------------------------------------------------------
@@ -67,58 +61,45 @@ def bare_standby(backend: LocalBackend, source: Endpoint, area: Path) -> tuple[f
             cwd=area,
             env={"PGPASSWORD": source.password},
         )
-        basebackup = ms_since(start)
+        basebackup = common.ms_since(start)
         (data / "standby.signal").touch()
         local.chown_tree(data / "standby.signal", backend.user)
         port = free_port()
         conninfo = (
             f"host={LOOPBACK} port={source.port} user={source.user} password={source.password}"
         )
-        settings = {
-            "port": port,
-            "listen_addresses": LOOPBACK,
-            "unix_socket_directories": data,
-            "primary_conninfo": conninfo,
-        }
-        options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
-        process = local.spawn(
-            [str(backend.binaries["postgres"]), "-D", str(data), *options],
+        process = common.spawn_postgres(
+            backend.binaries["postgres"],
+            data,
+            port,
             user=backend.user,
             cwd=area,
             log_path=area / "standby.log",
+            primary_conninfo=conninfo,
         )
-        while True:
-            try:
-                conn = psycopg.connect(
-                    host=LOOPBACK,
-                    port=port,
-                    user=source.user,
-                    password=source.password,
-                    dbname="postgres",
-                    autocommit=True,
-                )
-                in_recovery = conn.execute(RECOVERY).fetchone()
-                break
-            except psycopg.OperationalError:
-                if process.poll() is not None or time.perf_counter() > start + WAIT_LIMIT:
-                    raise
-                time.sleep(POLL_INTERVAL)
-        total = ms_since(start)
+        conn = common.connect_when_up(
+            process,
+            port=port,
+            user=source.user,
+            password=source.password,
+            deadline=start + common.WAIT_LIMIT,
+            autocommit=True,
+        )
         with conn:
+            in_recovery = conn.execute(RECOVERY).fetchone()
+            total = common.ms_since(start)
             if in_recovery != (True,):
                 raise RuntimeError(f"the bare standby is not in recovery: {in_recovery}")
             promote_start = time.perf_counter()
             conn.execute("SELECT pg_promote(wait => false)")
             while conn.execute(RECOVERY).fetchone() != (False,):
-                if time.perf_counter() > promote_start + WAIT_LIMIT:
+                if time.perf_counter() > promote_start + common.WAIT_LIMIT:
                     raise RuntimeError("the bare standby was not promoted")
-                time.sleep(POLL_INTERVAL)
-            promotion = ms_since(promote_start)
+                time.sleep(common.POLL_INTERVAL)
+            promotion = common.ms_since(promote_start)
         return basebackup, total, promotion
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(30)
+        common.stop_process(process, signal.SIGINT, 30)
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -131,13 +112,13 @@ def measure_bring_up(backend: LocalBackend, area: Path, repeat: int) -> Samples:
     def ours() -> None:
         start = time.perf_counter()
         topology = ReplicaTopology.start(backend)
-        samples["ours"].append(ms_since(start))
+        samples["ours"].append(common.ms_since(start))
         topology.stop()
 
     def bare() -> None:
         start = time.perf_counter()
         server = backend.start_postgres("bare-primary")
-        primary = ms_since(start)
+        primary = common.ms_since(start)
         try:
             basebackup, standby, promotion = bare_standby(backend, server.endpoint, area)
         finally:
@@ -176,10 +157,10 @@ def first_write(engine: sqlalchemy.Engine, start: float) -> int:
             write(engine)
             return failed
         except sqlalchemy.exc.DBAPIError:
-            if time.perf_counter() > start + WAIT_LIMIT:
+            if time.perf_counter() > start + common.WAIT_LIMIT:
                 raise
             failed += 1
-            time.sleep(POLL_INTERVAL)
+            time.sleep(common.POLL_INTERVAL)
 
 
 def failover_once(topology: ReplicaTopology, which: str, samples: Samples) -> None:
@@ -189,7 +170,7 @@ def failover_once(topology: ReplicaTopology, which: str, samples: Samples) -> No
     if topology.changed:
         start = time.perf_counter()
         topology.rebuild()
-        samples["rebuild"].append(ms_since(start))
+        samples["rebuild"].append(common.ms_since(start))
     topology.nodes.primary.admin.execute("CREATE TABLE bench_t (id bigserial PRIMARY KEY, n int)")
     topology.wait_for_replay()
     engines = {
@@ -201,13 +182,13 @@ def failover_once(topology: ReplicaTopology, which: str, samples: Samples) -> No
             write(engine)
         t0 = time.perf_counter()
         topology.promote()
-        samples["promote"].append(ms_since(t0))
+        samples["promote"].append(common.ms_since(t0))
         topology.stop_primary("immediate")
-        samples["promote + stop"].append(ms_since(t0))
+        samples["promote + stop"].append(common.ms_since(t0))
         after_stop = time.perf_counter()
         failed = first_write(engines[which], t0)
-        samples[which].append(ms_since(t0))
-        samples[f"{which} after stop"].append(ms_since(after_stop))
+        samples[which].append(common.ms_since(t0))
+        samples[f"{which} after stop"].append(common.ms_since(after_stop))
         samples[f"{which} failed"].append(failed)
     finally:
         for engine in engines.values():
@@ -235,42 +216,22 @@ def measure_failover(backend: LocalBackend, repeat: int) -> Samples:
 # --- report ----------------------------------------------------------------------------------
 
 
-def report(title: str, rows: list[tuple[str, list[float]]]) -> None:
-    width = max(len(name) for name, _ in [(title, []), *rows])
-    print(f"{title:<{width}}  {'median ms':>9}  {'min ms':>8}  {'max ms':>8}  {'n':>3}")
-    for name, values in rows:
-        print(
-            f"{name:<{width}}  {statistics.median(values):9.1f}  {min(values):8.1f}"
-            f"  {max(values):8.1f}  {len(values):>3}"
-        )
-
-
-def ratio(ours: list[float], bare: list[float]) -> float:
-    return statistics.median(ours) / statistics.median(bare)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=31, help="rounds per measurement")
-    args = parser.parse_args()
-    repeat = max(1, args.repeat)
+    parser = common.arg_parser(__doc__, repeat=31, repeat_help="rounds per measurement")
+    repeat = parser.parse_args().repeat
 
-    root = Path(tempfile.mkdtemp(prefix="pgtopo_bench-", dir="/dev/shm"))
-    root.chmod(0o755)
-    # A private initdb cache, so ~/.cache/pytest-pgtopo is left alone.
-    os.environ["PGTOPO_CACHE_DIR"] = str(root / "cache")
-    backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=root, keep=False)
-    try:
-        area = root / "bare"
-        area.mkdir()
-        local.chown_tree(area, backend.user)
-        bring = measure_bring_up(backend, area, repeat)
-        fail = measure_failover(backend, repeat)
-    finally:
-        backend.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with common.scratch_dir() as root, common.cache_dir(root / "cache"):
+        backend = common.local_backend(root)
+        try:
+            area = root / "bare"
+            area.mkdir()
+            local.chown_tree(area, backend.user)
+            bring = measure_bring_up(backend, area, repeat)
+            fail = measure_failover(backend, repeat)
+        finally:
+            backend.close()
 
-    report(
+    common.report(
         "pair bring-up",
         [
             ("ReplicaTopology.start (warm cache)", bring["ours"]),
@@ -284,7 +245,7 @@ def main() -> None:
     )
     print()
     print("failover, from t0 = just before promote(); each engine timed in its own round")
-    report(
+    common.report(
         "failover",
         [
             ("promote()", fail["promote"]),
@@ -303,23 +264,16 @@ def main() -> None:
             f"median {statistics.median(failed):g}, max {max(failed):g}"
         )
     print()
-    bring_ratio = ratio(bring["ours"], bring["bare"])
-    status = "OK" if round(bring_ratio, 2) <= BRING_UP_TARGET else "MISSED"
+    pair = common.median_ratio(bring["ours"], bring["bare"])
+    rebuild = common.median_ratio(fail["rebuild"], bring["bare"])
+    promote = common.median_ratio(fail["promote"], bring["promote"])
+    stable_write = common.median_ratio(fail["stable"], fail["failover"])
     print(
-        f"RATIO pair bring-up / bare primary + bare standby: {bring_ratio:.2f}x"
-        f" (target <= {BRING_UP_TARGET:g}x) {status}"
+        common.verdict("pair bring-up / bare primary + bare standby", pair, "<=", BRING_UP_TARGET)
     )
-    print(
-        f"RATIO rebuild() / bare primary + bare standby: "
-        f"{ratio(fail['rebuild'], bring['bare']):.2f}x (info)"
-    )
-    print(
-        f"RATIO promote() / bare promotion: {ratio(fail['promote'], bring['promote']):.2f}x (info)"
-    )
-    print(
-        f"RATIO first write stable / failover engine: "
-        f"{ratio(fail['stable'], fail['failover']):.2f}x (info)"
-    )
+    print(common.info("rebuild() / bare primary + bare standby", rebuild))
+    print(common.info("promote() / bare promotion", promote))
+    print(common.info("first write stable / failover engine", stable_write))
 
 
 if __name__ == "__main__":

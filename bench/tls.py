@@ -9,15 +9,11 @@ always exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
-import os
-import shutil
 import socket
 import ssl
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +21,12 @@ from typing import Any
 
 from pytest_pgtopo import drivers
 from pytest_pgtopo.endpoint import Endpoint
-from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.topologies.plain import PlainTopology
 from pytest_pgtopo.topologies.tls import TlsTopology
+
+# isort: split
+# bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.
+import common
 
 DRIVERS = ("asyncpg", "psycopg", "psycopg2", "pg8000")
 # What turns TLS off outright. By default libpq and asyncpg use sslmode=prefer and pg8000 sends
@@ -53,12 +52,6 @@ Sample = Callable[[Kwargs], float]
 Samples = dict[str, dict[str, list[float]]]
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
 def sync_sampler(driver: str) -> Sample:
     """Time kwargs() + connect + SELECT 1 + close with a sync driver's own connect()."""
     module = importlib.import_module("pg8000.dbapi" if driver == "pg8000" else driver)
@@ -73,7 +66,7 @@ def sync_sampler(driver: str) -> Sample:
         finally:
             conn.close()
 
-    return lambda kwargs: timed(lambda: once(kwargs))
+    return lambda kwargs: common.timed(lambda: once(kwargs))
 
 
 def asyncpg_sampler(runner: asyncio.Runner) -> Sample:
@@ -87,7 +80,7 @@ def asyncpg_sampler(runner: asyncio.Runner) -> Sample:
             await conn.fetchval("SELECT 1")
         finally:
             await conn.close()
-        return (time.perf_counter() - start) * 1000
+        return common.ms_since(start)
 
     return lambda kwargs: runner.run(once(kwargs))
 
@@ -144,15 +137,16 @@ def measure_contexts(ca_path: Path, repeat: int) -> dict[str, list[float]]:
     """What building an SSLContext costs on its own, with our CA and with the system's."""
     samples: dict[str, list[float]] = {"ours": [], "system": []}
     for round_ in range(repeat + 1):
-        ours = timed(lambda: ssl.create_default_context(cafile=str(ca_path)))
-        system = timed(ssl.create_default_context)
+        ours = common.timed(lambda: ssl.create_default_context(cafile=str(ca_path)))
+        system = common.timed(ssl.create_default_context)
         if round_:
             samples["ours"].append(ours)
             samples["system"].append(system)
     return samples
 
 
-def report(samples: Samples) -> None:
+def report_grid(samples: Samples) -> None:
+    """The median per driver and column, then the spread behind each median."""
     width = max(len("driver"), *(len(driver) for driver in samples))
     shown = [c for c in COLUMNS if any(c in columns for columns in samples.values())]
     cell = max(len(column) for column in shown)
@@ -168,25 +162,16 @@ def report(samples: Samples) -> None:
     rows = [
         (f"{d} / {c}", values) for d, columns in samples.items() for c, values in columns.items()
     ]
-    label = max(len(name) for name, _ in rows)
-    print(f"{'measurement':<{label}}  {'median ms':>9}  {'min ms':>8}  {'max ms':>8}  {'n':>3}")
-    for name, values in rows:
-        print(
-            f"{name:<{label}}  {statistics.median(values):9.2f}  {min(values):8.2f}"
-            f"  {max(values):8.2f}  {len(values):>3}"
-        )
+    common.report("measurement", rows, digits=2)
 
 
 def ratio(label: str, numerator: list[float], denominator: list[float], note: str = "") -> str:
-    value = statistics.median(numerator) / statistics.median(denominator)
-    return f"RATIO {label}: {value:.2f}x (info{note})"
+    return common.info(label, common.median_ratio(numerator, denominator), note)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=51, help="connections per driver and column")
-    args = parser.parse_args()
-    repeat = max(1, args.repeat)
+    parser = common.arg_parser(__doc__, repeat=51, repeat_help="connections per driver and column")
+    repeat = parser.parse_args().repeat
 
     installed = [name for name in DRIVERS if drivers.get(name).is_installed()]
     missing = [name for name in DRIVERS if name not in installed]
@@ -194,33 +179,29 @@ def main() -> None:
         print(f"none of {', '.join(DRIVERS)} is installed: nothing to measure")
         return
 
-    root = Path(tempfile.mkdtemp(prefix="pgtopo_bench-", dir="/dev/shm"))
-    root.chmod(0o755)
-    # A private initdb cache, so ~/.cache/pytest-pgtopo is left alone.
-    os.environ["PGTOPO_CACHE_DIR"] = str(root / "cache")
-    backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=root, keep=False)
-    tls: TlsTopology | None = None
-    plain: PlainTopology | None = None
-    try:
-        tls = TlsTopology.start(backend)
-        plain = PlainTopology.start(backend)
-        assert tls.primary.tls is not None
-        mode = tls.primary.tls.mode
-        samples = measure(tls.primary, plain.primary, installed, repeat)
-        contexts = measure_contexts(tls.ca_path, repeat)
-    finally:
-        if tls is not None:
-            tls.stop()
-        if plain is not None:
-            plain.stop()
-        backend.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with common.scratch_dir() as root, common.cache_dir(root / "cache"):
+        backend = common.local_backend(root)
+        tls: TlsTopology | None = None
+        plain: PlainTopology | None = None
+        try:
+            tls = TlsTopology.start(backend)
+            plain = PlainTopology.start(backend)
+            assert tls.primary.tls is not None
+            mode = tls.primary.tls.mode
+            samples = measure(tls.primary, plain.primary, installed, repeat)
+            contexts = measure_contexts(tls.ca_path, repeat)
+        finally:
+            if tls is not None:
+                tls.stop()
+            if plain is not None:
+                plain.stop()
+            backend.close()
 
     print(f"median ms per raw connect() + SELECT 1 + close, n={repeat}; TLS is {mode}")
     if missing:
         print(f"not installed, skipped: {', '.join(missing)}")
     print()
-    report(samples)
+    report_grid(samples)
     print()
     print(
         f"INFO ssl.create_default_context(cafile=CA) alone: "

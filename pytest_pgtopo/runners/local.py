@@ -126,3 +126,40 @@ def run(
             f"{result.stdout}{result.stderr}"
         )
     return result
+
+
+def stop_escalating(
+    process: subprocess.Popen[bytes] | None, steps: Sequence[tuple[int, float]]
+) -> None:
+    """Send each (signal, grace seconds) in turn until the process has exited."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, grace in steps:
+        process.send_signal(sig)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' if it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def explain_start_failure(
+    what: str, exc: BaseException, command: str, user: OsUser, conf: Path, log: Path
+) -> str:
+    """A start failure that explains itself: the command, its config file, its last log lines."""
+    conf_text = conf.read_text() if conf.exists() else "(missing)\n"
+    return (
+        f"{what} did not start: {exc}\n"
+        f"command: {command} (as OS user {user.name})\n"
+        f"--- {conf} ---\n{conf_text}"
+        f"--- last 20 lines of {log} ---\n{log_tail(log, 20)}"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from ..runners import local
 from ..tls import TlsClient
@@ -46,16 +47,12 @@ class LocalBackend:
         staging = self.workspace.subdir("initdb")
         return cached_cluster(self.binaries, self.user, default_cache_root(), staging)
 
-    def start_postgres(
-        self,
-        name: str,
-        settings: Mapping[str, str] | None = None,
-        *,
-        hba: str | None = None,
-        client_tls: TlsClient | None = None,
-    ) -> PostgresServer:
-        """Start a server from the cached cluster; on any failure nothing is left running."""
-        server = self.new_postgres(name, settings, hba=hba, client_tls=client_tls)
+    def start_postgres(self, name: str, **options: Any) -> PostgresServer:
+        """Start a server from the cached cluster; on any failure nothing is left running.
+
+        `options` are new_postgres()'s: settings, hba, client_tls.
+        """
+        server = self.new_postgres(name, **options)
         try:
             server.start_from(self.cluster)
         except BaseException:

@@ -279,19 +279,16 @@ class PgBouncer:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return local.log_tail(self.log_path, lines)
 
     def _explain_failure(self, exc: BaseException) -> str:
-        ini = self.ini_path.read_text() if self.ini_path.exists() else "(missing)\n"
-        return (
-            f"PgBouncer {self.binary.version_string} did not start: {exc}\n"
-            f"command: {self.binary.path} {self.ini_path} (as OS user {self.user.name})\n"
-            f"--- {self.ini_path} ---\n{ini}"
-            f"--- last 20 lines of {self.log_path} ---\n{self.log_tail(20)}"
+        return local.explain_start_failure(
+            f"PgBouncer {self.binary.version_string}",
+            exc,
+            f"{self.binary.path} {self.ini_path}",
+            self.user,
+            self.ini_path,
+            self.log_path,
         )
 
     def admin(self, command: str) -> list[dict[str, Any]]:
@@ -345,19 +342,10 @@ class PgBouncer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _kill(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
         # Immediate shutdown is SIGTERM before 1.23 and SIGQUIT since, when SIGTERM turned
         # into a shutdown that waits for every client to disconnect.
         immediate = signal.SIGQUIT if self.binary.version >= (1, 23, 0) else signal.SIGTERM
-        for sig in (immediate, signal.SIGKILL):
-            process.send_signal(sig)
-            try:
-                process.wait(10.0)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        local.stop_escalating(self.process, ((immediate, 10.0), (signal.SIGKILL, 10.0)))
 
 
 def _word(text: str) -> str:

@@ -183,19 +183,17 @@ class PostgresServer:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return local.log_tail(self.log_path, lines)
 
     def _explain_failure(self, exc: BaseException) -> str:
-        conf = self.conf_path.read_text() if self.conf_path.exists() else "(missing)\n"
-        return (
-            f"PostgreSQL server {self.name!r} did not start: {exc}\n"
-            f"command: {self.binaries['postgres']} -D {self.data_dir} (as OS user {self.user.name})\n"
-            f"--- {self.conf_path} ---\n{conf}"
-            f"--- last 20 lines of {self.log_path} ---\n{self.log_tail(20)}"
+        command = f"{self.binaries['postgres']} -D {self.data_dir}"
+        return local.explain_start_failure(
+            f"PostgreSQL server {self.name!r}",
+            exc,
+            command,
+            self.user,
+            self.conf_path,
+            self.log_path,
         )
 
     def stop_process(self, mode: str = "fast") -> None:
@@ -223,13 +221,6 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _kill(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
-            process.send_signal(sig)
-            try:
-                process.wait(grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        local.stop_escalating(
+            self.process, ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0))
+        )

@@ -13,6 +13,7 @@ from ..servers.local_backend import LocalBackend
 from ..servers.pgbouncer import PgBouncer, PoolMode, check_settings, find_pgbouncer
 from ..servers.postgres import PostgresServer
 from ..tls import TlsClient
+from .base import Topology
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,14 @@ class BouncerOptions:
     plaintext clients are refused and `.bouncer` verifies PgBouncer with verify-full."""
 
 
-class BouncerTopology:
+class BouncerTopology(Topology):
     """`.primary` is the server itself; `.bouncer` (and `client_endpoint`) goes through PgBouncer."""
 
     name = "bouncer"
+    fixture = "pg_bouncer"
 
     def __init__(self, server: PostgresServer, pgbouncer: PgBouncer) -> None:
-        self.server = server
+        super().__init__(server)
         self.pgbouncer = pgbouncer
 
     @classmethod
@@ -87,10 +89,6 @@ class BouncerTopology:
         return cls(server, pgbouncer)
 
     @property
-    def primary(self) -> Endpoint:
-        return self.server.endpoint
-
-    @property
     def bouncer(self) -> Endpoint:
         return self.pgbouncer.endpoint
 
@@ -104,18 +102,10 @@ class BouncerTopology:
         tls = self.pgbouncer.client_tls
         return tls.ca_path if tls is not None else None
 
-    @property
-    def database_server(self) -> PostgresServer:
-        return self.server
-
-    def servers(self) -> list[PostgresServer]:
-        return [self.server]
-
     def pids(self) -> list[int]:
-        """Every running process of the topology: the server and PgBouncer (servers() has only
-        PostgreSQL servers, so a keep report built from it would miss the bouncer)."""
-        processes = [self.server.process, self.pgbouncer.process]
-        return [p.pid for p in processes if p is not None and p.poll() is None]
+        process = self.pgbouncer.process
+        running = [process.pid] if process is not None and process.poll() is None else []
+        return [*super().pids(), *running]
 
     def audit_targets(self) -> dict[int, Target]:
         tls = self.pgbouncer.client_tls is not None
@@ -126,7 +116,7 @@ class BouncerTopology:
 
     def log_tails(self, lines: int = 20) -> dict[str, str]:
         return {
-            f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines),
+            **super().log_tails(lines),
             f"pgbouncer ({self.pgbouncer.log_path})": self.pgbouncer.log_tail(lines),
         }
 
@@ -167,7 +157,7 @@ class BouncerTopology:
         try:
             self.pgbouncer.stop()
         finally:
-            self.server.stop()
+            super().stop()
 
     def __repr__(self) -> str:
         return (

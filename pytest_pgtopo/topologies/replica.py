@@ -16,6 +16,7 @@ from ..errors import PgtopoError
 from ..servers.local_backend import LocalBackend
 from ..servers.postgres import PostgresServer
 from ..servers.proxy import TcpProxy
+from .base import Topology
 
 SLOT = "pgtopo_replica"
 _POLL_START, _POLL_MAX = 0.002, 0.05
@@ -27,11 +28,12 @@ class Nodes:
     replica: PostgresServer
 
 
-class ReplicaTopology:
+class ReplicaTopology(Topology):
     """Primary + replica. `.primary` / `.replica` are the two nodes' endpoints (fixed addresses);
     after promote() the replica's node is the one that accepts writes, and `.stable` follows it."""
 
     name = "replica"
+    fixture = "pg_replica_pair"
 
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
@@ -62,10 +64,6 @@ class ReplicaTopology:
     # --- endpoints ---------------------------------------------------------------------------
 
     @property
-    def primary(self) -> Endpoint:
-        return self.nodes.primary.endpoint
-
-    @property
     def replica(self) -> Endpoint:
         return self.nodes.replica.endpoint
 
@@ -75,10 +73,6 @@ class ReplicaTopology:
         return Endpoint(
             self.proxy.host, self.proxy.port, self.primary.user, self.primary.password, "postgres"
         )
-
-    @property
-    def client_endpoint(self) -> Endpoint:
-        return self.primary
 
     @property
     def database_server(self) -> PostgresServer:
@@ -168,8 +162,7 @@ class ReplicaTopology:
 
     def rebuild(self) -> None:
         """Replace both servers with a fresh pair; `.stable` keeps its port."""
-        for server in (self.nodes.replica, self.nodes.primary):
-            server.stop()
+        super().stop()
         self.nodes = self._start_nodes()
         self.proxy.retarget(self._address(self.nodes.primary))
         self.changed = False
@@ -183,15 +176,8 @@ class ReplicaTopology:
     def servers(self) -> list[PostgresServer]:
         return [self.nodes.primary, self.nodes.replica]
 
-    def pids(self) -> list[int]:
-        processes = [server.process for server in self.servers()]
-        return [p.pid for p in processes if p is not None and p.poll() is None]
-
     def audit_targets(self) -> dict[int, Target]:
         return {endpoint.port: Target() for endpoint in (self.primary, self.replica, self.stable)}
-
-    def log_tails(self, lines: int = 20) -> dict[str, str]:
-        return {f"postgres {s.name} ({s.log_path})": s.log_tail(lines) for s in self.servers()}
 
     def describe(self) -> str:
         return (
@@ -204,5 +190,4 @@ class ReplicaTopology:
         try:
             self.proxy.close()
         finally:
-            for server in (self.nodes.replica, self.nodes.primary):
-                server.stop()
+            super().stop()

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audit import Target
-from ..endpoint import Endpoint
 from ..servers.certificates import DEFAULT_HOSTNAMES, issue_certificates
 from ..servers.initdb_cache import SUPERUSER
 from ..servers.local_backend import LocalBackend
 from ..servers.postgres import LOOPBACK, PostgresServer
 from ..tls import TlsClient
+from .base import Topology
 
 # TLS or nothing: plaintext TCP is rejected outright, not merely unauthenticated.
 _HBA = """\
@@ -32,14 +32,15 @@ class TlsOptions:
     """Names in the server certificate. Leave out 127.0.0.1 to see verify-full refuse it."""
 
 
-class TlsTopology:
+class TlsTopology(Topology):
     """`.primary` verifies the server with verify-full against `.ca_path` (verify-ca when the
     certificate does not name 127.0.0.1, so the plugin itself can still connect)."""
 
     name = "tls"
+    fixture = "pg_tls"
 
     def __init__(self, server: PostgresServer, options: TlsOptions) -> None:
-        self.server = server
+        super().__init__(server)
         self.options = options
 
     @classmethod
@@ -67,13 +68,9 @@ class TlsTopology:
             files.client_key,
         )
         server = backend.start_postgres(
-            "tls", settings, hba=_HBA.format(method=method), client_tls=client_tls
+            "tls", settings=settings, hba=_HBA.format(method=method), client_tls=client_tls
         )
         return cls(server, options)
-
-    @property
-    def primary(self) -> Endpoint:
-        return self.server.endpoint
 
     @property
     def ca_path(self) -> Path:
@@ -91,34 +88,8 @@ class TlsTopology:
         assert self.server.client_tls is not None
         return self.server.client_tls.key_path
 
-    @property
-    def client_endpoint(self) -> Endpoint:
-        return self.primary
-
-    @property
-    def database_server(self) -> PostgresServer:
-        return self.server
-
-    def servers(self) -> list[PostgresServer]:
-        return [self.server]
-
-    def pids(self) -> list[int]:
-        process = self.server.process
-        return [process.pid] if process is not None and process.poll() is None else []
-
     def audit_targets(self) -> dict[int, Target]:
         return {self.primary.port: Target(tls=True)}
-
-    def log_tails(self, lines: int = 20) -> dict[str, str]:
-        return {
-            f"postgres {self.server.name} ({self.server.log_path})": self.server.log_tail(lines)
-        }
-
-    def describe(self) -> str:
-        return f"pg_tls primary: {self.primary.describe()}"
-
-    def stop(self) -> None:
-        self.server.stop()
 
     def __repr__(self) -> str:
         return f"<TlsTopology primary={self.primary.host}:{self.primary.port} ca={self.ca_path}>"
