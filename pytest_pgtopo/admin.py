@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import drivers
+from . import dbapi, drivers
 from .endpoint import Endpoint
 from .errors import PgtopoError
 
@@ -48,11 +48,7 @@ class AdminConnection:
 
     def execute(self, sql: str) -> None:
         with self._lock:
-            cursor = self._conn.cursor()
-            try:
-                cursor.execute(sql)
-            finally:
-                cursor.close()
+            dbapi.execute(self._conn, sql)
 
     def run_script(self, sql: str) -> None:
         """Run a multi-statement SQL script (a schema file, say)."""
@@ -61,13 +57,7 @@ class AdminConnection:
 
     def scalar(self, sql: str) -> Any:
         with self._lock:
-            cursor = self._conn.cursor()
-            try:
-                cursor.execute(sql)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        return None if row is None else row[0]
+            return dbapi.scalar(self._conn, sql)
 
     def close(self) -> None:
         # The server may already be gone; closing is best effort.

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
-from . import drivers
+from . import dbapi, drivers
 from .recipes.pooler import POOLER_STARTUP_PARAMETERS
 from .recipes.settings import application_name_problem
 
@@ -225,15 +225,10 @@ class AuditListener:
 
 
 def _server_statement_timeout(dbapi_connection: Any) -> str | None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("SELECT current_setting('statement_timeout')")
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
+    value = dbapi.scalar(dbapi_connection, "SELECT current_setting('statement_timeout')")
     if not getattr(dbapi_connection, "autocommit", False):
         dbapi_connection.rollback()  # Leave no transaction open behind the application.
-    return None if row is None else str(row[0])
+    return None if value is None else str(value)
 
 
 def _in_event_loop() -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import dbapi
 from .errors import DriverNotInstalledError, DriverUnsupportedError
 from .tls import TlsClient
 
@@ -345,11 +346,7 @@ def run_script(driver: str, connection: Any, sql: str) -> None:
         # pg8000's cursors use the extended protocol, which takes one statement at a time.
         connection.execute_simple(sql)
         return
-    cursor = connection.cursor()
-    try:
-        cursor.execute(sql)
-    finally:
-        cursor.close()
+    dbapi.execute(connection, sql)
 
 
 DEFAULT_DRIVER: dict[Kind, str] = {"async": "asyncpg", "sync": "psycopg"}

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from . import drivers
+from . import dbapi, drivers
 from .admin import AdminConnection, admin_driver, quote_ident
 from .audit import INTERNAL_APPLICATION_NAME
 from .errors import PgtopoError
@@ -215,7 +215,9 @@ def begin_outer_transaction(connection: sqlalchemy.Connection) -> None:
     the real rollback) has happened by now, so replacing its methods is safe.
     """
     dbapi_connection = connection.connection.dbapi_connection
-    _run(dbapi_connection, "SELECT 1")  # Every driver starts its implicit transaction here.
+    dbapi.execute(
+        dbapi_connection, "SELECT 1"
+    )  # Every driver starts its implicit transaction here.
     # Instance attributes shadow the dialect class's methods for this engine only.
     for method, replacement in (
         ("do_begin", _begin_unit),
@@ -233,21 +235,13 @@ def rollback_outer_transaction(connection: sqlalchemy.Connection) -> None:
 
 
 def _begin_unit(dbapi_connection: Any) -> None:
-    _run(dbapi_connection, f"SAVEPOINT {_UNIT_SAVEPOINT}")
+    dbapi.execute(dbapi_connection, f"SAVEPOINT {_UNIT_SAVEPOINT}")
 
 
 def _commit_unit(dbapi_connection: Any) -> None:
-    _run(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
+    dbapi.execute(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
 
 
 def _rollback_unit(dbapi_connection: Any) -> None:
-    _run(dbapi_connection, f"ROLLBACK TO SAVEPOINT {_UNIT_SAVEPOINT}")
-    _run(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
-
-
-def _run(dbapi_connection: Any, sql: str) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(sql)
-    finally:
-        cursor.close()
+    dbapi.execute(dbapi_connection, f"ROLLBACK TO SAVEPOINT {_UNIT_SAVEPOINT}")
+    dbapi.execute(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")

@@ -22,6 +22,7 @@ from typing import Any, overload
 import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .. import dbapi
 from ..admin import quote_ident
 from .transaction_settings import aset_local, set_local
 
@@ -48,11 +49,7 @@ def search_path_on_connect(engine: sqlalchemy.Engine | AsyncEngine, *schemas: st
     statement = f"SET search_path TO {search_path_value(*schemas)}"
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(statement)
-        finally:
-            cursor.close()
+        dbapi.execute(dbapi_connection, statement)
         if not getattr(dbapi_connection, "autocommit", False):
             dbapi_connection.commit()
 
