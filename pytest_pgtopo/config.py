@@ -124,6 +124,12 @@ OPTIONS: tuple[Option[Any], ...] = (
         (),
     ),
     Option("pg_bindir", "directory with the postgres and initdb binaries", _directory, None),
+    Option(
+        "external_url",
+        "with --pgtopo-backend=external: the server pg_plain uses, postgresql://user:pw@host:port/db",
+        str,
+        None,
+    ),
     Option("pgbouncer_bin", "the pgbouncer binary (default: searched)", _executable, None),
     Option(
         "keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True
@@ -157,6 +163,7 @@ class PgtopoConfig:
     """Selected drivers; empty means the per-fixture defaults (asyncpg async, psycopg sync)."""
     pg_bindir: Path | None = None
     pgbouncer_bin: Path | None = None
+    external_url: str | None = None
     keep: bool = False
     isolation: IsolationMode = "database"
     audit: str = "off"
@@ -196,7 +203,24 @@ def resolve(config: pytest.Config) -> PgtopoConfig:
         except ValueError as exc:
             raise pytest.UsageError(f"pytest-pgtopo: {channel}={raw!r} is invalid: {exc}") from None
         sources.append((option.key, channel))
-    return PgtopoConfig(**values, sources=tuple(sources))
+    config_value = PgtopoConfig(**values, sources=tuple(sources))
+    _check_backend(config_value)
+    return config_value
+
+
+def _check_backend(config: PgtopoConfig) -> None:
+    """Backend choices that cannot work are usage errors at start-up, not fixture errors later."""
+    channel = config.source_of("backend")
+    if config.backend == "external" and not config.external_url:
+        raise pytest.UsageError(
+            f"pytest-pgtopo: {channel}=external needs the server's URL: "
+            "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)"
+        )
+    if config.backend == "docker":
+        raise pytest.UsageError(
+            f"pytest-pgtopo: {channel}=docker is not implemented in this release; "
+            "use local (the default) or external"
+        )
 
 
 def _first_set(config: pytest.Config, option: Option[Any]) -> tuple[str | None, str]:

@@ -23,6 +23,10 @@ class DriverUnsupportedError(PgtopoError):
     """A driver was asked for something it cannot do, such as an async engine from psycopg2."""
 
 
+class TopologyUnavailableError(PgtopoError):
+    """The configured backend cannot provide this topology (external serves pg_plain only)."""
+
+
 class PgtopoAuditError(PgtopoError):
     """--pgtopo-audit=error found a common mistake in an engine's connection."""
 

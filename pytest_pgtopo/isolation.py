@@ -17,10 +17,11 @@ import itertools
 import os
 import queue
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy
 from sqlalchemy.pool import NullPool
@@ -28,8 +29,8 @@ from sqlalchemy.pool import NullPool
 from . import dbapi, drivers
 from .admin import AdminConnection, admin_driver, quote_ident
 from .audit import INTERNAL_APPLICATION_NAME
+from .endpoint import Endpoint
 from .errors import PgtopoError
-from .servers.postgres import PostgresServer
 
 IsolationMode = Literal["database", "rollback"]
 SchemaSource = (
@@ -38,8 +39,22 @@ SchemaSource = (
 
 TEMPLATE_DB = "pgtopo_template"
 SHARED_DB = "pgtopo_shared"
+# Every name a run creates carries a token of its own, so runs sharing one server (an external
+# backend, parallel CI jobs) never collide.
 _MAX_IDENT = 63
 _UNIT_SAVEPOINT = "pgtopo_unit"
+
+
+class DatabaseServer(Protocol):
+    """What per-test databases need of a server: a local DatabaseServer or an external one."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+
+    @property
+    def admin(self) -> AdminConnection: ...
+
+    def is_running(self) -> bool: ...
 
 
 class Databases:
@@ -50,7 +65,7 @@ class Databases:
     """
 
     def __init__(
-        self, server: PostgresServer, *, before_drop: Callable[[str], None] | None = None
+        self, server: DatabaseServer, *, before_drop: Callable[[str], None] | None = None
     ) -> None:
         self.server = server
         self._before_drop = before_drop
@@ -59,6 +74,8 @@ class Databases:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._dropper: _Dropper | None = None
+        self.token = secrets.token_hex(2)
+        self._at_close: list[str] = []
 
     @property
     def admin(self) -> AdminConnection:
@@ -67,12 +84,16 @@ class Databases:
     def create(self, label: str, schema: SchemaSource = None) -> str:
         """A fresh database for one test; `label` (the test name) makes it recognisable."""
         template = self.template(schema)
-        name = _database_name(next(self._counter), label)
+        name = _database_name(f"{self.token}_{next(self._counter)}", label)
         self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {template}")
         return name
 
-    def drop_later(self, name: str) -> None:
-        """Drop in the background; close() waits for every pending drop."""
+    def drop_later(self, name: str, *, at_close: bool = False) -> None:
+        """Drop in the background; close() waits for every pending drop. `at_close` waits
+        for close() itself (templates and shared databases live for the session)."""
+        if at_close:
+            self._at_close.append(name)
+            return
         if self._dropper is None:
             self._dropper = _Dropper(self.server, self._before_drop)
         self._dropper.submit(name)
@@ -84,6 +105,7 @@ class Databases:
             if template not in self._shared:
                 name = template.replace(TEMPLATE_DB, SHARED_DB)
                 self.admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+                self.drop_later(name, at_close=True)
                 self._shared[template] = name
         return self._shared[template]
 
@@ -94,7 +116,7 @@ class Databases:
             known = self._templates.get(id(schema))
             if known is not None:
                 return known[1]
-            name = TEMPLATE_DB if not self._templates else f"{TEMPLATE_DB}_{len(self._templates)}"
+            name = f"{TEMPLATE_DB}_{self.token}_{len(self._templates)}"
             self.admin.execute(f"CREATE DATABASE {name}")
             load_schema(schema, self.server, name)
             # No connections allowed: a stray one would make every clone fail with
@@ -103,15 +125,20 @@ class Databases:
                 f"ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
             )
             self._templates[id(schema)] = (schema, name)  # Holding `schema` keeps its id unique.
+            self.drop_later(name, at_close=True)
             return name
 
     def close(self) -> None:
+        """Drop what is pending, then the session's templates and shared databases."""
+        for name in self._at_close:
+            self.drop_later(name)
+        self._at_close.clear()
         if self._dropper is not None:
             self._dropper.close()
             self._dropper = None
 
 
-def load_schema(schema: SchemaSource, server: PostgresServer, dbname: str) -> None:
+def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> None:
     """Load `schema` into `dbname`: a MetaData, a path to a .sql file, or a callable(Engine)."""
     if schema is None:
         return
@@ -151,7 +178,7 @@ def load_schema(schema: SchemaSource, server: PostgresServer, dbname: str) -> No
         engine.dispose()
 
 
-def _database_name(number: int, label: str) -> str:
+def _database_name(number: str, label: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
     return f"pgtopo_{number}_{slug}"[:_MAX_IDENT]
 
@@ -159,7 +186,7 @@ def _database_name(number: int, label: str) -> str:
 class _Dropper:
     """A thread with its own connection that drops databases as tests finish with them."""
 
-    def __init__(self, server: PostgresServer, before_drop: Callable[[str], None] | None) -> None:
+    def __init__(self, server: DatabaseServer, before_drop: Callable[[str], None] | None) -> None:
         self._server = server
         self._before_drop = before_drop
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -185,6 +212,8 @@ class _Dropper:
                     # Best effort (the pooler may be restarting): FORCE below is the guarantee.
                     with contextlib.suppress(Exception):
                         self._before_drop(name)
+                if name.startswith(TEMPLATE_DB):  # A template cannot be dropped as such.
+                    admin.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
                 # FORCE ends any connection a test leaked instead of failing the drop.
                 admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
             except Exception as exc:  # noqa: BLE001 - reported from close(), in the main thread.

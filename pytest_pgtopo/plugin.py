@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .audit import AuditListener
 from .credentials import TokenIssuer
 from .drivers import Kind
 from .endpoint import Endpoint, MultiHostEndpoint
-from .errors import PgtopoError
+from .errors import PgtopoError, TopologyUnavailableError
 from .isolation import (
     SchemaSource,
     begin_outer_transaction,
@@ -31,6 +32,7 @@ from .recipes.settings import SessionSettings
 from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.external import ExternalTopology, endpoint_from_url
 from .topologies.plain import PlainTopology
 from .topologies.proxied import ProxiedEndpoint
 from .topologies.replica import ReplicaTopology
@@ -101,6 +103,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[SESSION_KEY]
     cfg = session.config
+    if cfg.backend == "external" and cfg.external_url:
+        where = endpoint_from_url(cfg.external_url)
+        return [f"pgtopo: backend=external ({where.host}:{where.port}), isolation={cfg.isolation}"]
     try:
         binaries = session.backend.binaries
         server = f"PostgreSQL {binaries.short_version} from {binaries.bindir} ({binaries.source})"
@@ -236,17 +241,17 @@ def pgtopo_driver(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology:
+def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology | ExternalTopology:
     """One PostgreSQL server, started on first use and stopped at the end of the session."""
-    topology = pgtopo_session.topology("plain")
-    assert isinstance(topology, PlainTopology)
+    topology = _topology(pgtopo_session, "plain")
+    assert isinstance(topology, (PlainTopology, ExternalTopology))
     return topology
 
 
 @pytest.fixture(scope="session")
 def pg_bouncer(pgtopo_session: PgtopoSession) -> BouncerTopology:
     """PgBouncer in transaction-pool mode in front of its own PostgreSQL server."""
-    topology = pgtopo_session.topology("bouncer")
+    topology = _topology(pgtopo_session, "bouncer")
     assert isinstance(topology, BouncerTopology)
     return topology
 
@@ -265,7 +270,8 @@ def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTo
     """
 
     def build(**options: Any) -> BouncerTopology:
-        return pgtopo_session.custom_bouncer(BouncerOptions(**options))
+        with _skip_if_unavailable():
+            return pgtopo_session.custom_bouncer(BouncerOptions(**options))
 
     return build
 
@@ -273,7 +279,7 @@ def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTo
 @pytest.fixture(scope="session")
 def pg_tls(pgtopo_session: PgtopoSession) -> TlsTopology:
     """A server that accepts TLS only; its certificate comes from a trustme CA at `.ca_path`."""
-    topology = pgtopo_session.topology("tls")
+    topology = _topology(pgtopo_session, "tls")
     assert isinstance(topology, TlsTopology)
     return topology
 
@@ -288,7 +294,8 @@ def pg_tls_factory(pgtopo_session: PgtopoSession) -> Callable[..., TlsTopology]:
     """
 
     def build(**options: Any) -> TlsTopology:
-        return pgtopo_session.custom_tls(TlsOptions(**options))
+        with _skip_if_unavailable():
+            return pgtopo_session.custom_tls(TlsOptions(**options))
 
     return build
 
@@ -300,7 +307,7 @@ def pg_replica_pair(pgtopo_session: PgtopoSession) -> ReplicaTopology:
     A test may promote() or stop_primary(): the next test that asks for the pair gets a
     freshly built one.
     """
-    topology = pgtopo_session.topology("replica")
+    topology = _topology(pgtopo_session, "replica")
     assert isinstance(topology, ReplicaTopology)
     return topology
 
@@ -347,7 +354,7 @@ def pg_token_issuer(pg_plain_database: Endpoint) -> Iterator[TokenIssuer]:
 @pytest.fixture
 def pg_plain_database(
     request: pytest.FixtureRequest,
-    pg_plain: PlainTopology,
+    pg_plain: PlainTopology | ExternalTopology,
     pgtopo_session: PgtopoSession,
     pgtopo_schema: SchemaSource,
 ) -> Iterator[Endpoint]:
@@ -539,6 +546,22 @@ async def failover_engine(
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _skip_if_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except TopologyUnavailableError as exc:
+        pytest.skip(f"pytest-pgtopo: {exc}")
+
+
+def _topology(session: PgtopoSession, name: str) -> Topology:
+    """Topology `name`, started on first use; a test skips, saying why, if the backend
+    cannot provide it."""
+    with _skip_if_unavailable():
+        return session.topology(name)
+    raise AssertionError("unreachable: pytest.skip raises")
 
 
 def _engine_needs(fixturenames: list[str]) -> set[EngineFixture]:

@@ -14,11 +14,12 @@ from typing import Any
 from .audit import Finding, Target, ports_of
 from .config import PgtopoConfig
 from .endpoint import Endpoint
-from .errors import PgtopoAuditError, PgtopoError, PgtopoWarning
+from .errors import PgtopoAuditError, PgtopoWarning, TopologyUnavailableError
 from .isolation import Databases
 from .servers.local_backend import LocalBackend
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.external import ExternalTopology
 from .topologies.plain import PlainTopology
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
@@ -53,10 +54,9 @@ class PgtopoSession:
     @property
     def backend(self) -> LocalBackend:
         if self._backend is None:
-            if self.config.backend not in ("auto", "local"):
-                raise PgtopoError(
-                    f"--pgtopo-backend={self.config.backend} is accepted but not implemented in "
-                    "this release; use --pgtopo-backend=local (the default, auto, picks it)"
+            if self.config.backend == "external":
+                raise TopologyUnavailableError(
+                    "--pgtopo-backend=external starts no servers; this needs the local backend"
                 )
             self._backend = LocalBackend(
                 pg_bindir=self.config.pg_bindir,
@@ -69,8 +69,19 @@ class PgtopoSession:
     def topology(self, name: str) -> Topology:
         """The running topology `name`, started on first use."""
         if name not in self.topologies:
-            self.topologies[name] = TOPOLOGY_STARTERS[name](self.backend, self.config)
+            self.topologies[name] = self._start(name)
         return self.topologies[name]
+
+    def _start(self, name: str) -> Topology:
+        if self.config.backend != "external":
+            return TOPOLOGY_STARTERS[name](self.backend, self.config)
+        if name != "plain":
+            raise TopologyUnavailableError(
+                f"the {name} topology needs servers pytest-pgtopo starts itself; "
+                "--pgtopo-backend=external provides pg_plain only"
+            )
+        assert self.config.external_url is not None
+        return ExternalTopology(self.config.external_url)
 
     def custom_bouncer(self, options: BouncerOptions) -> BouncerTopology:
         """A PgBouncer topology with non-default options, one per distinct options value."""

@@ -160,7 +160,7 @@ def test_rollback_mode_turns_commit_and_rollback_into_savepoints(inner: pytest.P
         import sqlalchemy as sa
 
         def test_units(pg_sync_engine, pg_plain_database):
-            assert pg_plain_database.dbname == "pgtopo_shared"
+            assert pg_plain_database.dbname.startswith("pgtopo_shared_")
             with pg_sync_engine.begin() as conn:
                 conn.execute(sa.text("INSERT INTO items (label) VALUES ('kept')"))
             with pg_sync_engine.connect() as conn:
@@ -193,7 +193,9 @@ def test_databases_are_created_from_the_template_and_dropped(
     admin = pg_plain.server.admin
     names = [databases.create("test_some thing[psycopg]") for _ in range(3)]
     assert len(set(names)) == 3
-    assert all(re.fullmatch(r"pgtopo_\d+_test_some_thing_psycopg", name) for name in names)
+    assert all(
+        re.fullmatch(r"pgtopo_[0-9a-f]{4}_\d+_test_some_thing_psycopg", name) for name in names
+    )
     listed = "SELECT count(*) FROM pg_database WHERE datname = ANY(string_to_array('{}', ','))"
     assert admin.scalar(listed.format(",".join(names))) == 3
     for name in names:

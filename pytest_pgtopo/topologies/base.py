@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..audit import Target
 from ..endpoint import Endpoint
+from ..isolation import DatabaseServer
 from ..servers.postgres import PostgresServer
 
 
@@ -21,7 +22,7 @@ class Topology:
 
     @property
     def primary(self) -> Endpoint:
-        return self.database_server.endpoint
+        return self.server.endpoint
 
     @property
     def client_endpoint(self) -> Endpoint:
@@ -29,7 +30,7 @@ class Topology:
         return self.primary
 
     @property
-    def database_server(self) -> PostgresServer:
+    def database_server(self) -> DatabaseServer:
         """The server on which per-test databases are created (the primary)."""
         return self.server
 

@@ -1,0 +1,79 @@
+"""--pgtopo-backend=external: pg_plain on a server the plugin does not run.
+
+The "external" server here is this session's own pg_plain: real, and not the inner run's.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_pgtopo.topologies.plain import PlainTopology
+
+INNER = """
+import sqlalchemy as sa
+
+def test_engines_use_the_external_server(pg_sync_engine, pg_plain):
+    with pg_sync_engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (i int)"))
+        assert conn.scalar(sa.text("SHOW port")) == "{port}"
+
+async def test_async_too(pg_engine):
+    async with pg_engine.connect() as conn:
+        assert await conn.scalar(sa.text("SHOW port")) == "{port}"
+
+def test_other_topologies_skip(pg_bouncer):
+    pass
+"""
+
+
+def test_external_backend_serves_pg_plain_and_skips_the_rest(
+    inner: pytest.Pytester, pg_plain: PlainTopology
+) -> None:
+    before = _databases(pg_plain)
+    inner.makepyfile(INNER.replace("{port}", str(pg_plain.primary.port)))
+    result = inner.runpytest(
+        "-rs", "--pgtopo-backend=external", f"--pgtopo-external-url={pg_plain.primary.describe()}"
+    )
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"pgtopo: backend=external (127.0.0.1:{pg_plain.primary.port}), isolation=database",
+            "*the bouncer topology needs servers pytest-pgtopo starts itself; "
+            "--pgtopo-backend=external provides pg_plain only*",
+        ]
+    )
+    # The external server still runs, and the run took its databases (templates too) away.
+    assert pg_plain.server.admin.scalar("SELECT 1") == 1
+    assert _databases(pg_plain) == before
+
+
+def _databases(topology: PlainTopology) -> str:
+    return str(
+        topology.server.admin.scalar(
+            "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--pgtopo-backend=external"],
+            "ERROR: pytest-pgtopo: --pgtopo-backend=external needs the server's URL: "
+            "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)",
+        ),
+        (
+            ["--pgtopo-backend=docker"],
+            "ERROR: pytest-pgtopo: --pgtopo-backend=docker is not implemented in this release; "
+            "use local (the default) or external",
+        ),
+    ],
+)
+def test_backends_that_cannot_work_are_usage_errors(
+    inner: pytest.Pytester, args: list[str], message: str
+) -> None:
+    inner.makepyfile("def test_x(): pass")
+    result = inner.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
