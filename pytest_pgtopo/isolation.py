@@ -128,14 +128,18 @@ class Databases:
             self.drop_later(name, at_close=True)
             return name
 
+    def wait_for_drops(self) -> None:
+        """Block until every database handed to drop_later() is gone."""
+        if self._dropper is not None:
+            self._dropper.close()
+            self._dropper = None
+
     def close(self) -> None:
         """Drop what is pending, then the session's templates and shared databases."""
         for name in self._at_close:
             self.drop_later(name)
         self._at_close.clear()
-        if self._dropper is not None:
-            self._dropper.close()
-            self._dropper = None
+        self.wait_for_drops()
 
 
 def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> None:

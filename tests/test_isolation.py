@@ -200,7 +200,7 @@ def test_databases_are_created_from_the_template_and_dropped(
     assert admin.scalar(listed.format(",".join(names))) == 3
     for name in names:
         databases.drop_later(name)
-    databases.close()  # Waits for the background drops.
+    databases.wait_for_drops()
     assert admin.scalar(listed.format(",".join(names))) == 0
 
 

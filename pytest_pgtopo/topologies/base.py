@@ -22,7 +22,7 @@ class Topology:
 
     @property
     def primary(self) -> Endpoint:
-        return self.server.endpoint
+        return self.database_server.endpoint
 
     @property
     def client_endpoint(self) -> Endpoint:
