@@ -47,22 +47,6 @@ class Finding:
         return f"[{self.code}] {self.message}. Fix: {self.fix}"
 
 
-def audit_connection(
-    driver: str,
-    cparams: Mapping[str, Any],
-    target: Target,
-    *,
-    statement_timeout: str | None,
-    sync_in_event_loop: bool = False,
-) -> list[Finding]:
-    """Findings for one connection: `cparams` as the driver receives them (SQLAlchemy's
-    do_connect), `statement_timeout` as the server reports it once connected."""
-    return [
-        *audit_parameters(driver, cparams, target, sync_in_event_loop=sync_in_event_loop),
-        *audit_statement_timeout(statement_timeout),
-    ]
-
-
 def audit_parameters(
     driver: str,
     cparams: Mapping[str, Any],
