@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from . import dbapi, drivers
 from .endpoint import Endpoint
 from .errors import PgtopoError
+from .waiting import wait_until
 
 
 def admin_driver() -> str:
@@ -66,27 +66,28 @@ class AdminConnection:
 
 
 def wait_until_connectable(
-    endpoint: Endpoint,
-    *,
-    timeout: float,
-    alive: Callable[[], bool] | None = None,
-    interval: float = 0.005,
+    endpoint: Endpoint, *, timeout: float, alive: Callable[[], bool] | None = None
 ) -> AdminConnection:
-    """Poll until a real connection succeeds; `alive()` returning False aborts early.
+    """Poll until a real connection succeeds; `alive()` returning False aborts early."""
+    connected: list[AdminConnection] = []
+    failures: list[Exception] = []
 
-    Polls fast at first (a server is usually ready in ~50 ms) and backs off to 100 ms.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> bool:
         try:
-            return AdminConnection(endpoint)
+            connected.append(AdminConnection(endpoint))
+            return True
         except Exception as exc:  # noqa: BLE001 - each driver raises its own connect errors.
-            last = exc
+            failures.append(exc)
         if alive is not None and not alive():
-            raise PgtopoError(f"the server exited before accepting connections: {last}")
-        if time.monotonic() > deadline:
-            raise PgtopoError(
-                f"no connection to {endpoint.host}:{endpoint.port} after {timeout:.0f} s: {last}"
-            )
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.1)
+            raise PgtopoError(f"the server exited before accepting connections: {failures[-1]}")
+        return False
+
+    wait_until(
+        ready,
+        timeout=timeout,
+        explain=lambda: (
+            f"no connection to {endpoint.host}:{endpoint.port} after {timeout:.0f} s: "
+            f"{failures[-1]}"
+        ),
+    )
+    return connected[0]

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from pytest_pgtopo import Endpoint, create_async_engine, create_engine, drivers
+from pytest_pgtopo.waiting import wait_until
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait on a real condition, bounded; the failure names what never happened."""
+    wait_until(condition, timeout=timeout, explain=lambda: f"timed out waiting for {what}")
+
 
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 

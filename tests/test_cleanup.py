@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from .support import wait_for
 
 SLOW_TEST = """
 import time
@@ -39,14 +39,6 @@ def _servers_using(path: Path) -> list[str]:
         if str(path) in cmdline and "postgres" in cmdline:
             found.append(f"{proc.name}: {cmdline}")
     return found
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _spawn_pytest(inner: pytest.Pytester, scratch: Path) -> subprocess.Popen[bytes]:
@@ -84,7 +76,7 @@ def test_ctrl_c_leaves_nothing_behind(inner: pytest.Pytester, scratch: Path) -> 
     inner.makepyfile(SLOW_TEST)
     proc = _spawn_pytest(inner, scratch)
     try:
-        _wait_for(lambda: (inner.path / "started").exists(), 120, "the test to start")
+        wait_for(lambda: (inner.path / "started").exists(), "the test to start", 120)
         assert _servers_using(scratch), "a server should be running mid-test"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -101,12 +93,12 @@ def test_kill_9_takes_the_servers_down_and_the_next_run_sweeps_the_files(
     inner.makepyfile(SLOW_TEST)
     proc = _spawn_pytest(inner, scratch)
     try:
-        _wait_for(lambda: (inner.path / "started").exists(), 120, "the test to start")
+        wait_for(lambda: (inner.path / "started").exists(), "the test to start", 120)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    _wait_for(lambda: not _servers_using(scratch), 60, "the orphaned server to exit")
+    wait_for(lambda: not _servers_using(scratch), "the orphaned server to exit", 60)
     assert list(scratch.iterdir()), "a killed run cannot remove its own files"
     (inner.path / "started").unlink()
     inner.makepyfile("def test_quick(pg_plain): pass")

@@ -29,7 +29,7 @@ from pytest_pgtopo import (
 from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.bouncer import BouncerTopology
 
-from .support import query_once
+from .support import query_once, wait_for
 
 WORKERS = 20
 TRANSACTIONS = 200
@@ -362,22 +362,16 @@ def test_pause_holds_queries_and_resume_releases_them(
     try:
         thread.start()
         # Held: the query is waiting in PgBouncer (SHOW CLIENTS reports it waiting).
-        _wait_for(lambda: any(c["state"] == "waiting" for c in pg_bouncer.show_clients()))
+        wait_for(
+            lambda: any(c["state"] == "waiting" for c in pg_bouncer.show_clients()),
+            "the query to wait in PgBouncer",
+        )
         assert not finished.is_set()
     finally:
         pg_bouncer.resume()
     assert finished.wait(30), "the query did not complete after RESUME"
     thread.join(30)
     assert result == [7]
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_factory_builds_other_pool_modes_and_settings(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.servers.pgbouncer import PgBouncerBinary, check_settings, parse_version
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
 
+from .support import wait_for
+
 TIMEOUT = 10.0
 
 
@@ -29,13 +30,6 @@ def topology(backend: LocalBackend) -> Iterator[BouncerTopology]:
     topology = BouncerTopology.start(backend)
     yield topology
     topology.stop()
-
-
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _uid_of(pid: int) -> int:
@@ -144,7 +138,7 @@ def test_pause_holds_new_queries_until_resume(topology: BouncerTopology) -> None
     topology.pause()
     try:
         threading.Thread(target=query, daemon=True).start()
-        _wait_for(lambda: waiting_clients() > 0, "the client to queue behind PAUSE")
+        wait_for(lambda: waiting_clients() > 0, "the client to queue behind PAUSE", TIMEOUT)
         assert not finished.is_set(), results
     finally:
         topology.resume()

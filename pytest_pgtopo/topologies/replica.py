@@ -7,15 +7,15 @@ as HAProxy does in front of Patroni; it follows promote().
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..audit import Target
 from ..endpoint import Endpoint, MultiHostEndpoint
-from ..errors import PgtopoError
 from ..servers.local_backend import LocalBackend
 from ..servers.postgres import PostgresServer
 from ..servers.proxy import TcpProxy
+from ..waiting import wait_until
 from .base import Topology
 
 SLOT = "pgtopo_replica"
@@ -132,13 +132,15 @@ class ReplicaTopology(Topology):
         # record can sit in WAL buffers, past the write position, for up to wal_writer_delay.
         return str(self.nodes.primary.admin.scalar("SELECT pg_current_wal_insert_lsn()::text"))
 
-    def _wait(self, sql: str, timeout: float, explain: object) -> None:
-        deadline, interval = time.monotonic() + timeout, _POLL_START
-        while not self.nodes.replica.admin.scalar(sql):
-            if time.monotonic() > deadline:
-                raise PgtopoError(explain() if callable(explain) else str(explain))
-            time.sleep(interval)
-            interval = min(interval * 1.5, _POLL_MAX)
+    def _wait(self, sql: str, timeout: float, explain: Callable[[], str]) -> None:
+        """Until `sql` is true on the replica."""
+        wait_until(
+            lambda: bool(self.nodes.replica.admin.scalar(sql)),
+            timeout=timeout,
+            explain=explain,
+            first=_POLL_START,
+            longest=_POLL_MAX,
+        )
 
     # --- failover ----------------------------------------------------------------------------
 
