@@ -59,6 +59,10 @@ class AdminConnection:
         with self._lock:
             return dbapi.scalar(self._conn, sql)
 
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return dbapi.rows(self._conn, sql)
+
     def close(self) -> None:
         # The server may already be gone; closing is best effort.
         with contextlib.suppress(Exception):

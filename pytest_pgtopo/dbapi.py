@@ -14,6 +14,19 @@ def execute(dbapi_connection: Any, sql: str) -> None:
         cursor.close()
 
 
+def rows(dbapi_connection: Any, sql: str) -> list[dict[str, Any]]:
+    """Run one statement and return its rows as dicts (none for a command without rows)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        if cursor.description is None:
+            return []
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
 def scalar(dbapi_connection: Any, sql: str) -> Any:
     """Run one query and return the first column of its first row (None if no row)."""
     cursor = dbapi_connection.cursor()

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import drivers
-from ..admin import admin_driver, wait_until_connectable
+from ..admin import AdminConnection, wait_until_connectable
 from ..endpoint import Endpoint
 from ..errors import BinaryNotFoundError, PgtopoError, ServerStartError
 from ..runners import local
@@ -297,19 +296,11 @@ class PgBouncer:
         Each call opens its own short connection to the `pgbouncer` database, so it works
         across restarts and never lingers in SHOW CLIENTS.
         """
-        driver = admin_driver()
-        connect = drivers.get(driver).connect_autocommit
-        assert connect is not None
-        conn = connect(self.endpoint.with_dbname(_ADMIN_DB).dbapi_kwargs(driver))
+        console = AdminConnection(self.endpoint.with_dbname(_ADMIN_DB))
         try:
-            cursor = conn.cursor()
-            cursor.execute(command)
-            if cursor.description is None:  # PAUSE, RESUME, RECONNECT return no rows.
-                return []
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return console.rows(command)  # PAUSE, RESUME, RECONNECT: no rows.
         finally:
-            conn.close()
+            console.close()
 
     def show(self, what: str) -> list[dict[str, Any]]:
         """SHOW POOLS / STATS / CLIENTS / SERVERS / DATABASES / CONFIG ..., rows as dicts."""
