@@ -39,3 +39,19 @@ def query_once(endpoint: Endpoint, driver: str, sql: str = "SELECT 1", **engine_
             await engine.dispose()
 
     return asyncio.run(attempt())
+
+
+# PostgreSQL's default search_path, as `SHOW search_path` reports it.
+DEFAULT_PATH = '"$user", public'
+
+
+def own_error(error: sa.exc.DBAPIError) -> BaseException:
+    """The driver's own exception (SQLAlchemy's asyncpg adapter wraps it once more)."""
+    orig = error.orig
+    assert orig is not None
+    return orig.__cause__ if orig.__cause__ is not None else orig
+
+
+def dotted_name(error: BaseException) -> str:
+    """`module.QualName` of an exception's class, e.g. 'psycopg.errors.QueryCanceled'."""
+    return f"{type(error).__module__}.{type(error).__qualname__}"
