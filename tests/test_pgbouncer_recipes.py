@@ -1,7 +1,7 @@
 """Proof, under real concurrency through a real PgBouncer in transaction mode, that the naive
 configurations fail with the real errors and the recipes work, for every driver.
 
-Workload (FACTS.md): 20 workers on an engine pool of 10, PgBouncer default_pool_size=4,
+Workload: 20 workers on an engine pool of 10, PgBouncer default_pool_size=4,
 200 committed transactions with bound parameters and repeated statements.
 """
 
@@ -269,15 +269,22 @@ def test_pg8000_autocommit_breaks(
     pgbouncer_sync_engine: sa.Engine, pg_bouncer_database: Endpoint
 ) -> None:
     # A socket timeout bounds the hang that follows: pg8000's protocol state is out of step.
+    # AUTOCOMMIT is the engine's own isolation level, not an execution option: with the option,
+    # each connection returned to the pool switches back to autocommit off, and pg8000 then
+    # opens a transaction that idles in the pool holding one of PgBouncer's four server
+    # connections, until every worker queues behind them (query_wait_timeout, 120 s).
     naive = create_engine(
         pg_bouncer_database,
         "pg8000",
         settings=NO_STARTUP_SETTINGS,
         connect_args={"timeout": 5},
+        isolation_level="AUTOCOMMIT",
+        # Connections pg8000 leaves out of step may never come back to the pool: bound the wait.
+        pool_timeout=5,
         **POOL,
     )
     try:
-        errors = sync_workload(naive, autocommit=True)
+        errors = sync_workload(naive)
     finally:
         naive.dispose()
     assert any("unnamed prepared statement does not exist" in e for e in errors), errors
