@@ -1,7 +1,8 @@
 """Root conftest: shared helpers for the plugin's own tests.
 
 The plugin itself is loaded with `-p pytest_pgtopo` from pyproject's addopts, as a downstream
-suite would load it. Tests that run an inner pytest use the `run_inner` fixture below.
+suite would load it. Tests that run an inner pytest take the `inner` fixture below: a
+pytester with no PGTOPO_* variable from the outer environment.
 """
 
 from __future__ import annotations

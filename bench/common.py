@@ -22,9 +22,9 @@ from typing import Literal
 import psycopg
 from psycopg.rows import TupleRow
 
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.runners import local
-from pytest_pgtopo.servers.local_backend import LocalBackend
-from pytest_pgtopo.servers.postgres import LOOPBACK
+from pytest_pgtopo.types import LOOPBACK
 
 POLL_INTERVAL = 0.005
 """Seconds between two attempts when polling for a server (the "every 5 ms" of the README)."""

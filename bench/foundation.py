@@ -18,11 +18,11 @@ import psycopg
 import sqlalchemy
 
 from pytest_pgtopo import create_engine
-from pytest_pgtopo.isolation import Databases
+from pytest_pgtopo.backends.local import LocalBackend
+from pytest_pgtopo.databases import Databases
 from pytest_pgtopo.runners import local
 from pytest_pgtopo.servers.initdb_cache import SUPERUSER, CachedCluster
-from pytest_pgtopo.servers.local_backend import LocalBackend
-from pytest_pgtopo.servers.postgres import free_port
+from pytest_pgtopo.servers.process import free_port
 from pytest_pgtopo.topologies.plain import PlainTopology
 from pytest_pgtopo.workspace import default_root
 

@@ -33,13 +33,14 @@ from pytest_pgtopo import (
     drivers,
 )
 from pytest_pgtopo.admin import AdminConnection
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.endpoint import Endpoint
 from pytest_pgtopo.recipes.engines import DEFAULT_CLIENT
 from pytest_pgtopo.recipes.pooler import Pooler, durable_settings_sql
 from pytest_pgtopo.runners import local
-from pytest_pgtopo.servers.local_backend import LocalBackend
-from pytest_pgtopo.servers.postgres import LOOPBACK, free_port
+from pytest_pgtopo.servers.process import free_port
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
+from pytest_pgtopo.types import LOOPBACK
 
 # isort: split
 # bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.

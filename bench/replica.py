@@ -20,11 +20,12 @@ from pathlib import Path
 import sqlalchemy
 
 from pytest_pgtopo import create_engine
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.endpoint import Endpoint
 from pytest_pgtopo.runners import local
-from pytest_pgtopo.servers.local_backend import LocalBackend
-from pytest_pgtopo.servers.postgres import LOOPBACK, free_port
+from pytest_pgtopo.servers.process import free_port
 from pytest_pgtopo.topologies.replica import ReplicaTopology
+from pytest_pgtopo.types import LOOPBACK
 
 # isort: split
 # bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.

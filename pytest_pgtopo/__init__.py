@@ -9,14 +9,16 @@ pytest, the recipes below build engines for any endpoint::
 from .audit import Finding, Target, audit_async_engine, audit_engine
 from .credentials import TokenIssuer
 from .drivers import ClientOptions
-from .endpoint import Endpoint
+from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import (
     BinaryNotFoundError,
     DriverNotInstalledError,
     DriverUnsupportedError,
+    PgtopoAuditError,
     PgtopoError,
     PgtopoWarning,
     ServerStartError,
+    TopologyUnavailableError,
 )
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
 from .recipes.iam import fresh_token_on_connect
@@ -26,8 +28,11 @@ from .recipes.settings import SessionSettings
 from .recipes.tenancy import search_path_on_connect, search_path_value, tenant
 from .recipes.transaction_settings import aset_local, set_local
 from .tls import TlsClient, TlsMode
-from .topologies.bouncer import BouncerOptions
-from .topologies.tls import TlsOptions
+from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.plain import PlainTopology
+from .topologies.replica import ReplicaTopology
+from .topologies.tls import TlsOptions, TlsTopology
+from .types import IsolationMode, SchemaSource
 
 # Registered by `-p pytest_pgtopo`; importing the package outside pytest does not import pytest.
 pytest_plugins = ["pytest_pgtopo.plugin"]
@@ -35,21 +40,30 @@ pytest_plugins = ["pytest_pgtopo.plugin"]
 __all__ = [
     "BinaryNotFoundError",
     "BouncerOptions",
+    "BouncerTopology",
     "ClientOptions",
     "DriverNotInstalledError",
     "DriverUnsupportedError",
     "Endpoint",
     "Finding",
+    "IsolationMode",
+    "MultiHostEndpoint",
+    "PgtopoAuditError",
     "PgtopoError",
     "PgtopoWarning",
+    "PlainTopology",
     "Pooler",
+    "ReplicaTopology",
+    "SchemaSource",
     "ServerStartError",
     "SessionSettings",
     "Target",
     "TlsClient",
     "TlsMode",
     "TlsOptions",
+    "TlsTopology",
     "TokenIssuer",
+    "TopologyUnavailableError",
     "aset_local",
     "audit_async_engine",
     "audit_engine",

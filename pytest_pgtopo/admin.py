@@ -27,14 +27,6 @@ def admin_driver() -> str:
     )
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class AdminConnection:
     """A thread-safe autocommit connection; every call is one statement."""
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
 from . import dbapi, drivers
-from .recipes.pooler import POOLER_STARTUP_PARAMETERS
+from .pgbouncer_facts import TRACKED_STARTUP_PARAMETERS
 from .recipes.settings import application_name_problem
 
 # The plugin's own engines (schema loading) carry this name and are not audited.
@@ -76,7 +76,7 @@ def audit_parameters(
                 "prepared_statement_cache_size=0; psycopg prepare_threshold=None)",
             )
         )
-    refused = sorted(set(facts.startup) - POOLER_STARTUP_PARAMETERS)
+    refused = sorted(set(facts.startup) - TRACKED_STARTUP_PARAMETERS)
     if target.pooler is not None and refused:
         findings.append(
             Finding(

@@ -10,13 +10,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import pytest
+from .errors import ConfigError
+from .matrix import parse_driver_list
+from .types import IsolationMode
 
-from . import drivers
-from .errors import PgtopoError
-from .isolation import IsolationMode
+if TYPE_CHECKING:  # Only the plugin imports pytest; these names are for annotations.
+    import pytest
 
 T = TypeVar("T")
 
@@ -29,12 +30,11 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 @dataclass(frozen=True)
 class Option(Generic[T]):
-    """One setting and its three channels."""
+    """One setting and its three channels; its default is PgtopoConfig's field of the same name."""
 
     key: str
     help: str
     parse: Callable[[str], T]
-    default: T
     flag: bool = False
 
     @property
@@ -86,72 +86,41 @@ def _executable(value: str) -> Path | None:
     return path
 
 
-def _driver_list(value: str) -> tuple[str, ...]:
-    """'' -> () meaning per-fixture defaults; 'all' -> every installed driver; else a list."""
-    text = value.strip()
-    if not text:
-        return ()
-    if text == "all":
-        found = tuple(drivers.installed())
-        if not found:
-            raise ValueError("'all' found no installed driver; pip install 'pytest-pgtopo[all]'")
-        return found
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    for name in names:
-        if name not in drivers.DRIVERS:
-            raise ValueError(
-                f"unknown driver {name!r}; expected 'all' or names from: {', '.join(drivers.DRIVERS)}"
-            )
-        try:
-            drivers.get(name).require_installed()
-        except PgtopoError as exc:
-            raise ValueError(str(exc)) from None
-    return names
-
-
 OPTIONS: tuple[Option[Any], ...] = (
     Option(
         "backend",
         "where servers run: auto (local), local, docker, external",
         _choice(*BACKENDS),
-        "auto",
     ),
     Option(
         "driver",
         "driver(s) for engine fixtures: NAME[,NAME...] or 'all' (installed ones); "
         "default asyncpg for async engines, psycopg for sync ones",
-        _driver_list,
-        (),
+        parse_driver_list,
     ),
-    Option("pg_bindir", "directory with the postgres and initdb binaries", _directory, None),
+    Option("pg_bindir", "directory with the postgres and initdb binaries", _directory),
     Option(
         "external_url",
         "with --pgtopo-backend=external: the server pg_plain uses, postgresql://user:pw@host:port/db",
         str,
-        None,
     ),
-    Option("pgbouncer_bin", "the pgbouncer binary (default: searched)", _executable, None),
-    Option(
-        "keep", "leave servers running at exit and print how to reach them", _bool, False, flag=True
-    ),
+    Option("pgbouncer_bin", "the pgbouncer binary (default: searched)", _executable),
+    Option("keep", "leave servers running at exit and print how to reach them", _bool, flag=True),
     Option(
         "isolation",
         "how engine fixtures keep tests apart: database (a fresh database per test) or rollback",
         _choice(*ISOLATION_MODES),
-        "database",
     ),
     Option(
         "audit",
         "check every engine that connects to a topology for the cheatsheet's common mistakes: "
         "off, warn (a warning per finding) or error (the connecting test fails)",
         _choice(*AUDIT_MODES),
-        "off",
     ),
     Option(
         "tmpdir",
         "where server data goes (default: /dev/shm if roomy, else the temp dir)",
         _directory,
-        None,
     ),
 )
 
@@ -170,10 +139,6 @@ class PgtopoConfig:
     tmpdir: Path | None = None
     sources: tuple[tuple[str, str], ...] = ()
     """(key, channel) for every setting not at its default, e.g. ('driver', 'env PGTOPO_DRIVER')."""
-
-    @property
-    def drivers(self) -> tuple[str, ...]:
-        return self.driver
 
     def source_of(self, key: str) -> str:
         return dict(self.sources).get(key, "default")
@@ -201,7 +166,7 @@ def resolve(config: pytest.Config) -> PgtopoConfig:
         try:
             values[option.key] = option.parse(raw)
         except ValueError as exc:
-            raise pytest.UsageError(f"pytest-pgtopo: {channel}={raw!r} is invalid: {exc}") from None
+            raise ConfigError(f"pytest-pgtopo: {channel}={raw!r} is invalid: {exc}") from None
         sources.append((option.key, channel))
     config_value = PgtopoConfig(**values, sources=tuple(sources))
     _check_backend(config_value)
@@ -212,12 +177,12 @@ def _check_backend(config: PgtopoConfig) -> None:
     """Backend choices that cannot work are usage errors at start-up, not fixture errors later."""
     channel = config.source_of("backend")
     if config.backend == "external" and not config.external_url:
-        raise pytest.UsageError(
+        raise ConfigError(
             f"pytest-pgtopo: {channel}=external needs the server's URL: "
             "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)"
         )
     if config.backend == "docker":
-        raise pytest.UsageError(
+        raise ConfigError(
             f"pytest-pgtopo: {channel}=docker is not implemented in this release; "
             "use local (the default) or external"
         )

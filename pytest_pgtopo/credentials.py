@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
-from .admin import AdminConnection, quote_ident, quote_literal
+from .admin import AdminConnection
 from .endpoint import Endpoint
+from .quoting import quote_ident, quote_literal
+from .servers.process import cleanup_on_error
 
 
 class TokenIssuer:
@@ -51,7 +53,8 @@ class TokenIssuer:
         self.expires_at: datetime | None = None
         """When the latest token stops working (server clock, UTC); None before the first."""
         ident = quote_ident(self.role)
-        try:
+        with cleanup_on_error() as on_error:
+            on_error(self._admin.close)
             self._admin.execute(f"CREATE ROLE {ident} LOGIN NOSUPERUSER PASSWORD NULL")
             self._admin.execute(
                 f"GRANT CONNECT ON DATABASE {quote_ident(self.database)} TO {ident}"
@@ -59,9 +62,6 @@ class TokenIssuer:
             self._admin.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
             for group in member_of:
                 self._admin.execute(f"GRANT {quote_ident(group)} TO {ident}")
-        except BaseException:
-            self._admin.close()
-            raise
 
     def issue(self, ttl: float) -> str:
         """A fresh random password, valid for `ttl` seconds from now on the server's clock.

@@ -210,12 +210,14 @@ class Driver:
     tls_args: Callable[[TlsClient], dict[str, Any]]
     """Turns client TLS settings into this driver's connect arguments."""
     plaintext_args: dict[str, Any]
-    facts: Callable[[Mapping[str, Any]], ConnectFacts]
-    """Reads back what a connection asked for from the driver's connect parameters (the audit)."""
     """Says "no TLS" explicitly. Every driver's default tries TLS first; pg8000's even builds a
     context from the system CA store on each connect (~35 ms), then falls back to plaintext."""
+    facts: Callable[[Mapping[str, Any]], ConnectFacts]
+    """Reads back what a connection asked for from the driver's connect parameters (the audit)."""
     connect_autocommit: Callable[[dict[str, Any]], Any] | None
     """Opens a raw autocommit DBAPI connection (sync drivers only); used for admin work."""
+    run_script: Callable[[Any, str], None]
+    """Runs several `;`-separated statements (a schema file) on a raw connection."""
     own_startup_parameters: frozenset[str] | None = None
     """Settings sent as startup parameters of their own; None means any. libpq sends only
     application_name so; the rest go inside `options`, which PgBouncer refuses."""
@@ -277,63 +279,88 @@ def _connect_pg8000(kwargs: dict[str, Any]) -> Any:
     return conn
 
 
+def _pg8000_script(connection: Any, sql: str) -> None:
+    # pg8000's cursors use the extended protocol, which takes one statement at a time; its
+    # execute_simple() sends the whole script as one simple query.
+    connection.execute_simple(sql)
+
+
+# Each quirk below is a named field with the reason beside it; as seen with asyncpg 0.32,
+# psycopg 3.3, psycopg2 2.9 and pg8000 1.31 (SQLAlchemy 2.1), which the test suite runs.
 DRIVERS: dict[str, Driver] = {
     driver.name: driver
     for driver in (
         Driver(
-            "asyncpg",
-            "asyncpg",
-            "postgresql+asyncpg",
-            frozenset({"async"}),
-            _asyncpg_startup,
-            _database_kwargs,
-            _asyncpg_client,
-            _asyncpg_tls,
-            {"ssl": False},
-            _asyncpg_facts,
-            None,
+            name="asyncpg",
+            module="asyncpg",
+            drivername="postgresql+asyncpg",
+            kinds=frozenset({"async"}),
+            # Every startup parameter, application_name included, goes in server_settings.
+            startup_args=_asyncpg_startup,
+            own_startup_parameters=None,
+            dbapi_kwargs=_database_kwargs,  # `database`, not libpq's `dbname`.
+            # Two statement caches to turn off behind a pooler: asyncpg's and SQLAlchemy's.
+            client_args=_asyncpg_client,
+            tls_args=_asyncpg_tls,  # `sslmode` is a TypeError; TLS is an SSLContext as `ssl`.
+            plaintext_args={"ssl": False},
+            facts=_asyncpg_facts,
+            connect_autocommit=None,  # No sync API: never the admin connection.
+            run_script=dbapi.execute,
         ),
         Driver(
-            "psycopg",
-            "psycopg",
-            "postgresql+psycopg",
-            frozenset({"sync", "async"}),
-            _libpq_startup,
-            _libpq_kwargs,
-            _psycopg_client,
-            _libpq_tls,
-            {"sslmode": "disable"},
-            _libpq_facts,
-            _connect_psycopg,
+            name="psycopg",
+            module="psycopg",
+            drivername="postgresql+psycopg",
+            kinds=frozenset({"sync", "async"}),
+            # libpq: application_name is a conninfo key, every other setting rides in `options`.
+            startup_args=_libpq_startup,
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
+            dbapi_kwargs=_libpq_kwargs,
+            # Prepares server-side after prepare_threshold executions; None turns that off.
+            client_args=_psycopg_client,
+            tls_args=_libpq_tls,  # Plain strings (sslmode, sslrootcert): they fit in the URL.
+            plaintext_args={"sslmode": "disable"},
+            facts=_libpq_facts,
+            connect_autocommit=_connect_psycopg,
+            # Without parameters, one execute() may hold several statements.
+            run_script=dbapi.execute,
         ),
         Driver(
-            "psycopg2",
-            "psycopg2",
-            "postgresql+psycopg2",
-            frozenset({"sync"}),
-            _libpq_startup,
-            _libpq_kwargs,
-            _psycopg2_client,
-            _libpq_tls,
-            {"sslmode": "disable"},
-            _psycopg2_facts,
-            _connect_psycopg2,
+            name="psycopg2",
+            module="psycopg2",
+            drivername="postgresql+psycopg2",
+            kinds=frozenset({"sync"}),
+            startup_args=_libpq_startup,  # libpq, as psycopg.
             own_startup_parameters=_LIBPQ_OWN_PARAMETERS,
+            dbapi_kwargs=_libpq_kwargs,
+            client_args=_psycopg2_client,  # Never prepares server-side: no cache to turn off.
+            tls_args=_libpq_tls,
+            plaintext_args={"sslmode": "disable"},
+            facts=_psycopg2_facts,
+            connect_autocommit=_connect_psycopg2,
+            run_script=dbapi.execute,  # Sends the whole string as one simple query.
         ),
         Driver(
-            "pg8000",
-            "pg8000",
-            "postgresql+pg8000",
-            frozenset({"sync"}),
-            _pg8000_startup,
-            _database_kwargs,
-            _pg8000_client,
-            _pg8000_tls,
-            {"ssl_context": False},
-            _pg8000_facts,
-            _connect_pg8000,
-            multi_host=False,
+            name="pg8000",
+            module="pg8000",
+            drivername="postgresql+pg8000",
+            kinds=frozenset({"sync"}),
+            # application_name is a connect() argument of its own; other settings go in
+            # startup_params, each a startup parameter of its own.
+            startup_args=_pg8000_startup,
+            own_startup_parameters=None,
+            dbapi_kwargs=_database_kwargs,  # `database`, not libpq's `dbname`.
+            # Its `timeout` bounds every socket operation, not just the connect: left unset.
+            client_args=_pg8000_client,
+            # Its default context (None or True) encrypts WITHOUT verifying the server.
+            tls_args=_pg8000_tls,
+            plaintext_args={"ssl_context": False},
+            facts=_pg8000_facts,
+            connect_autocommit=_connect_pg8000,
+            run_script=_pg8000_script,  # Extended protocol: one statement per execute().
+            multi_host=False,  # connect() takes one host, and no target_session_attrs.
+            # In AUTOCOMMIT its unnamed prepared statement is parsed on one pooled server
+            # connection and executed on another.
             autocommit_behind_pooler=False,
         ),
     )
@@ -342,11 +369,7 @@ DRIVERS: dict[str, Driver] = {
 
 def run_script(driver: str, connection: Any, sql: str) -> None:
     """Run several `;`-separated statements on a raw connection of a sync driver."""
-    if driver == "pg8000":
-        # pg8000's cursors use the extended protocol, which takes one statement at a time.
-        connection.execute_simple(sql)
-        return
-    dbapi.execute(connection, sql)
+    get(driver).run_script(connection, sql)
 
 
 DEFAULT_DRIVER: dict[Kind, str] = {"async": "asyncpg", "sync": "psycopg"}

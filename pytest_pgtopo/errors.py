@@ -7,6 +7,10 @@ class PgtopoError(Exception):
     """Base class for every error pytest-pgtopo raises on purpose."""
 
 
+class ConfigError(PgtopoError):
+    """An option value that cannot work; the plugin reports it as a pytest usage error."""
+
+
 class BinaryNotFoundError(PgtopoError):
     """A server binary (postgres, initdb, pgbouncer) could not be found."""
 

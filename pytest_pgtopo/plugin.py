@@ -1,4 +1,9 @@
-"""pytest glue: options, the driver matrix, fixtures and reporting. No process or SQL logic here."""
+"""pytest glue: options, hooks, fixtures and reporting.
+
+Thin on purpose: the driver matrix is planned in matrix.py, servers are started by the session
+and its backend, per-test databases live in databases.py and rollback.py. What is left here is
+what only pytest can do: parametrize, skip, fail a setup, add report sections.
+"""
 
 from __future__ import annotations
 
@@ -14,29 +19,23 @@ import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import config as config_module
-from . import drivers
+from . import matrix
 from .audit import AuditListener
 from .credentials import TokenIssuer
-from .drivers import Kind
 from .endpoint import Endpoint, MultiHostEndpoint
-from .errors import PgtopoError, TopologyUnavailableError
-from .isolation import (
-    SchemaSource,
-    begin_outer_transaction,
-    rollback_engine_kwargs,
-    rollback_outer_transaction,
-)
+from .errors import ConfigError, PgtopoError, TopologyUnavailableError
 from .recipes.engines import create_async_engine, create_engine
-from .recipes.pooler import Pooler, durable_settings_sql
+from .recipes.pooler import Pooler
 from .recipes.settings import SessionSettings
+from .rollback import begin_outer_transaction, rollback_engine_kwargs, rollback_outer_transaction
 from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
-from .topologies.external import ExternalTopology, endpoint_from_url
 from .topologies.plain import PlainTopology
 from .topologies.proxied import ProxiedEndpoint
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
+from .types import SchemaSource
 
 T = TypeVar("T")
 
@@ -45,35 +44,6 @@ REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 AUDIT_KEY = pytest.StashKey[AuditListener]()
 
 
-@dataclass(frozen=True)
-class EngineFixture:
-    """What an engine fixture needs from a driver; the driver matrix reads these."""
-
-    kind: Kind
-    multi_host: bool = False
-
-    def served_by(self, driver: str) -> bool:
-        spec = drivers.get(driver)
-        return spec.supports(self.kind) and (spec.multi_host or not self.multi_host)
-
-    def describe(self) -> str:
-        return f"{self.kind}{' multi-host' if self.multi_host else ''} engines"
-
-
-ENGINE_FIXTURES: dict[str, EngineFixture] = {
-    "pg_engine": EngineFixture("async"),
-    "pg_sync_engine": EngineFixture("sync"),
-    "pgbouncer_engine": EngineFixture("async"),
-    "pgbouncer_sync_engine": EngineFixture("sync"),
-    "tls_engine": EngineFixture("async"),
-    "tls_sync_engine": EngineFixture("sync"),
-    "primary_engine": EngineFixture("async"),
-    "primary_sync_engine": EngineFixture("sync"),
-    "replica_engine": EngineFixture("async"),
-    "replica_sync_engine": EngineFixture("sync"),
-    "failover_engine": EngineFixture("async", multi_host=True),
-    "failover_sync_engine": EngineFixture("sync", multi_host=True),
-}
 _LOG_TAIL_LINES = 30
 
 
@@ -85,7 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    session = PgtopoSession(config_module.resolve(config))
+    try:
+        resolved = config_module.resolve(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = PgtopoSession(resolved)
     config.stash[SESSION_KEY] = session
     if session.config.audit != "off":
         # Class-level listeners: every Engine the run creates, the application's own included.
@@ -103,43 +77,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[SESSION_KEY]
     cfg = session.config
-    if cfg.backend == "external" and cfg.external_url:
-        where = endpoint_from_url(cfg.external_url)
-        return [f"pgtopo: backend=external ({where.host}:{where.port}), isolation={cfg.isolation}"]
-    try:
-        binaries = session.backend.binaries
-        server = f"PostgreSQL {binaries.short_version} from {binaries.bindir} ({binaries.source})"
-    except PgtopoError as exc:
-        server = f"no PostgreSQL binaries: {str(exc).splitlines()[0]}"
-    chosen = ",".join(cfg.drivers) or "defaults (asyncpg async, psycopg sync)"
-    return [f"pgtopo: backend={cfg.backend}, {server}, drivers={chosen}, isolation={cfg.isolation}"]
+    chosen = ",".join(cfg.driver) or "defaults (asyncpg async, psycopg sync)"
+    where = session.backend.describe()
+    return [f"pgtopo: backend={where}, drivers={chosen}, isolation={cfg.isolation}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each engine test once per selected driver that can serve all its engine fixtures."""
-    needs = _engine_needs(metafunc.fixturenames)
+    needs = matrix.needs_of(metafunc.fixturenames)
     if not needs or _parametrized_directly(metafunc):
         return
-    selected = metafunc.config.stash[SESSION_KEY].config.drivers
-    if not selected:
-        return  # Per-fixture defaults; the pgtopo_driver fixture picks them.
-    usable = [name for name in selected if all(need.served_by(name) for need in needs)]
-    if len(selected) == 1 and usable:
-        return
-    if usable:
-        metafunc.parametrize("pgtopo_driver", usable, indirect=True)
-        return
-    needed = " and ".join(sorted({need.describe() for need in needs}))
-    able = [name for name in drivers.DRIVERS if all(need.served_by(name) for need in needs)]
-    reason = (
-        f"pgtopo: no selected driver ({', '.join(selected)}) can back {needed}; "
-        f"drivers that can: {', '.join(able)}"
-    )
-    metafunc.parametrize(
-        "pgtopo_driver",
-        [pytest.param(name, marks=pytest.mark.skip(reason=reason)) for name in selected],
-        indirect=True,
-    )
+    plan = matrix.plan(metafunc.config.stash[SESSION_KEY].config.driver, needs)
+    marks = [pytest.mark.skip(reason=plan.skip_reason)] if plan.skip_reason else []
+    if plan.drivers:
+        params = [pytest.param(name, marks=marks) for name in plan.drivers]
+        metafunc.parametrize("pgtopo_driver", params, indirect=True)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -161,7 +113,8 @@ def pytest_runtest_makereport(
         for topology in session.topologies.values():
             if id(topology) in used:
                 for label, tail in topology.log_tails(_LOG_TAIL_LINES).items():
-                    report.sections.append((f"pgtopo log: {label}", tail))
+                    if tail:  # An external server's log is not ours to read.
+                        report.sections.append((f"pgtopo log: {label}", tail))
     return report
 
 
@@ -230,21 +183,18 @@ def pgtopo_driver(request: pytest.FixtureRequest) -> str:
     """
     if hasattr(request, "param"):
         return str(request.param)
-    selected = request.config.stash[SESSION_KEY].config.drivers
-    if len(selected) == 1:
-        return selected[0]
-    kinds = {need.kind for need in _engine_needs(request.fixturenames)}
-    return drivers.DEFAULT_DRIVER["async" if kinds == {"async"} else "sync"]
+    selected = request.config.stash[SESSION_KEY].config.driver
+    return matrix.default_driver(selected, matrix.needs_of(request.fixturenames))
 
 
 # --- fixtures: topologies --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology | ExternalTopology:
+def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology:
     """One PostgreSQL server, started on first use and stopped at the end of the session."""
     topology = _topology(pgtopo_session, "plain")
-    assert isinstance(topology, (PlainTopology, ExternalTopology))
+    assert isinstance(topology, PlainTopology)
     return topology
 
 
@@ -354,7 +304,7 @@ def pg_token_issuer(pg_plain_database: Endpoint) -> Iterator[TokenIssuer]:
 @pytest.fixture
 def pg_plain_database(
     request: pytest.FixtureRequest,
-    pg_plain: PlainTopology | ExternalTopology,
+    pg_plain: PlainTopology,
     pgtopo_session: PgtopoSession,
     pgtopo_schema: SchemaSource,
 ) -> Iterator[Endpoint]:
@@ -429,6 +379,7 @@ def pgtopo_engine_recipe(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync")
 def pg_sync_engine(
     pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
@@ -437,6 +388,7 @@ def pg_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async")
 async def pg_engine(
     pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
@@ -446,6 +398,7 @@ async def pg_engine(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync")
 def pgbouncer_sync_engine(
     pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
@@ -454,6 +407,7 @@ def pgbouncer_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async")
 async def pgbouncer_engine(
     pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
@@ -465,6 +419,7 @@ async def pgbouncer_engine(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync")
 def tls_sync_engine(
     pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
@@ -473,6 +428,7 @@ def tls_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async")
 async def tls_engine(
     pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
@@ -482,6 +438,7 @@ async def tls_engine(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync")
 def primary_sync_engine(
     pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
@@ -490,6 +447,7 @@ def primary_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async")
 async def primary_engine(
     pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
@@ -499,6 +457,7 @@ async def primary_engine(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync")
 def replica_sync_engine(
     pg_replica_database: Endpoint,
     pg_replica_pair: ReplicaTopology,
@@ -510,6 +469,7 @@ def replica_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async")
 async def replica_engine(
     pg_replica_database: Endpoint,
     pg_replica_pair: ReplicaTopology,
@@ -522,6 +482,7 @@ async def replica_engine(
 
 
 @pytest.fixture
+@matrix.engine_fixture("sync", multi_host=True)
 def failover_sync_engine(
     pg_replica_database: Endpoint,
     pg_replica_pair: ReplicaTopology,
@@ -534,6 +495,7 @@ def failover_sync_engine(
 
 
 @pytest_asyncio.fixture
+@matrix.engine_fixture("async", multi_host=True)
 async def failover_engine(
     pg_replica_database: Endpoint,
     pg_replica_pair: ReplicaTopology,
@@ -564,10 +526,6 @@ def _topology(session: PgtopoSession, name: str) -> Topology:
     raise AssertionError("unreachable: pytest.skip raises")
 
 
-def _engine_needs(fixturenames: list[str]) -> set[EngineFixture]:
-    return {ENGINE_FIXTURES[name] for name in fixturenames if name in ENGINE_FIXTURES}
-
-
 def _parametrized_directly(metafunc: pytest.Metafunc) -> bool:
     for marker in metafunc.definition.iter_markers("parametrize"):
         argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
@@ -586,23 +544,19 @@ def _test_database(
     durable: SessionSettings | None = None,
     after_create: Callable[[], None] | None = None,
 ) -> Iterator[Endpoint]:
-    databases = session.databases(topology)
-    if session.config.isolation == "rollback":
-        name = databases.shared(schema)
-    else:
-        name = databases.create(request.node.name, schema)
-    for statement in durable_settings_sql(durable, database=name) if durable else []:
-        databases.admin.execute(statement)
-    if after_create is not None:
-        after_create()
-    endpoint = topology.client_endpoint.with_dbname(name)
-    yield endpoint
-    if session.config.isolation == "rollback":
-        return
-    if session.config.keep and _failed(request.node):
-        session.kept_databases.append(KeptDatabase(request.node.nodeid, endpoint))
-    else:
-        databases.drop_later(name)
+    with session.databases(topology).for_test(
+        request.node.name,
+        schema,
+        mode=session.config.isolation,
+        settings=durable,
+        after_create=after_create,
+    ) as database:
+        endpoint = topology.client_endpoint.with_dbname(database.name)
+        yield endpoint
+        if session.config.keep and session.config.isolation == "database":
+            database.keep = _failed(request.node)
+            if database.keep:
+                session.kept_databases.append(KeptDatabase(request.node.nodeid, endpoint))
 
 
 def _failed(item: pytest.Item) -> bool:

@@ -1,4 +1,4 @@
-"""Everything one pytest process starts, started lazily and stopped in one place.
+"""Everything one pytest process starts, started lazily and released in one place.
 
 No pytest import here: the plugin hands this object its config and calls close() at the end.
 """
@@ -12,26 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import Finding, Target, ports_of
+from .backends import Backend, make_backend
 from .config import PgtopoConfig
+from .databases import Databases
 from .endpoint import Endpoint
 from .errors import PgtopoAuditError, PgtopoWarning, TopologyUnavailableError
-from .isolation import Databases
-from .servers.local_backend import LocalBackend
+from .servers.process import release_all
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
-from .topologies.external import ExternalTopology
 from .topologies.plain import PlainTopology
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
-from .workspace import default_root
 
-TOPOLOGY_STARTERS: dict[str, Callable[[LocalBackend, PgtopoConfig], Topology]] = {
-    "plain": lambda backend, config: PlainTopology.start(backend),
-    "bouncer": lambda backend, config: BouncerTopology.start(
-        backend, pgbouncer_bin=config.pgbouncer_bin
-    ),
-    "tls": lambda backend, config: TlsTopology.start(backend),
-    "replica": lambda backend, config: ReplicaTopology.start(backend),
+TOPOLOGY_STARTERS: dict[str, Callable[[Backend], Topology]] = {
+    "plain": PlainTopology.start,
+    "bouncer": BouncerTopology.start,
+    "tls": TlsTopology.start,
+    "replica": ReplicaTopology.start,
 }
 
 
@@ -48,57 +45,48 @@ class PgtopoSession:
     kept_databases: list[KeptDatabase] = field(default_factory=list)
     audit_findings: list[tuple[str, Finding]] = field(default_factory=list)
     audit_seen: set[tuple[str, str]] = field(default_factory=set)
-    _backend: LocalBackend | None = None
+    _backend: Backend | None = None
     _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
 
     @property
-    def backend(self) -> LocalBackend:
+    def backend(self) -> Backend:
+        """Where this run's servers run; made on first use, so a run that starts nothing
+        looks for no binaries."""
         if self._backend is None:
-            if self.config.backend == "external":
-                raise TopologyUnavailableError(
-                    "--pgtopo-backend=external starts no servers; this needs the local backend"
-                )
-            self._backend = LocalBackend(
-                pg_bindir=self.config.pg_bindir,
-                pg_bindir_source=self.config.source_of("pg_bindir"),
-                tmp_root=self.config.tmpdir or default_root(),
-                keep=self.config.keep,
-            )
+            self._backend = make_backend(self.config)
         return self._backend
 
     def topology(self, name: str) -> Topology:
-        """The running topology `name`, started on first use."""
+        """The running topology `name` (plain, bouncer, tls, replica), started on first use."""
         if name not in self.topologies:
-            self.topologies[name] = self._start(name)
+            self.topologies[name] = self._start(name, lambda: TOPOLOGY_STARTERS[name](self.backend))
         return self.topologies[name]
-
-    def _start(self, name: str) -> Topology:
-        if self.config.backend != "external":
-            return TOPOLOGY_STARTERS[name](self.backend, self.config)
-        if name != "plain":
-            raise TopologyUnavailableError(
-                f"the {name} topology needs servers pytest-pgtopo starts itself; "
-                "--pgtopo-backend=external provides pg_plain only"
-            )
-        assert self.config.external_url is not None
-        return ExternalTopology(self.config.external_url)
 
     def custom_bouncer(self, options: BouncerOptions) -> BouncerTopology:
         """A PgBouncer topology with non-default options, one per distinct options value."""
         topology = self._custom(
-            f"bouncer {options}",
-            lambda: BouncerTopology.start(
-                self.backend, options, pgbouncer_bin=self.config.pgbouncer_bin
-            ),
+            "bouncer", options, lambda: BouncerTopology.start(self.backend, options)
         )
         assert isinstance(topology, BouncerTopology)
         return topology
 
     def custom_tls(self, options: TlsOptions) -> TlsTopology:
         """A TLS topology with non-default options (mTLS, other host names)."""
-        topology = self._custom(f"tls {options}", lambda: TlsTopology.start(self.backend, options))
+        topology = self._custom("tls", options, lambda: TlsTopology.start(self.backend, options))
         assert isinstance(topology, TlsTopology)
         return topology
+
+    def _custom(self, kind: str, options: object, start: Callable[[], Topology]) -> Topology:
+        key = f"{kind} {options}"
+        if key not in self.topologies:
+            self.topologies[key] = self._start(kind, start)
+        return self.topologies[key]
+
+    def _start(self, kind: str, start: Callable[[], Topology]) -> Topology:
+        reason = self.backend.unavailable(kind)
+        if reason is not None:
+            raise TopologyUnavailableError(reason)
+        return start()
 
     def audit_target(self, cparams: Mapping[str, Any]) -> Target | None:
         """What is behind the address a connection goes to, if it is one of ours."""
@@ -132,48 +120,32 @@ class PgtopoSession:
                 stale.close()
         pair.rebuild()
 
-    def _custom(self, name: str, start: Callable[[], Topology]) -> Topology:
-        if name not in self.topologies:
-            self.topologies[name] = start()
-        return self.topologies[name]
-
     def databases(self, topology: Topology) -> Databases:
         """Per-test databases on `topology`'s database server."""
         key = (id(topology), id(topology.database_server))
         if key not in self._databases:
-            # Behind a pooler, its idle server connections must go before a database can drop.
-            release = topology.kill if isinstance(topology, BouncerTopology) else None
-            self._databases[key] = Databases(topology.database_server, before_drop=release)
+            self._databases[key] = Databases(
+                topology.database_server, before_drop=topology.release_database
+            )
         return self._databases[key]
 
     def keep_report(self) -> list[str]:
         """What --pgtopo-keep left behind and a shell line that stops and removes it."""
         lines = [topology.describe() for topology in self.topologies.values()]
-        workspace = self._backend.workspace_path if self._backend is not None else None
-        pids = [str(pid) for topology in self.topologies.values() for pid in topology.pids()]
-        if workspace is not None and pids:
-            lines.append(f"data, sockets and logs: {workspace}")
-            waits = " ".join(pids)
-            lines.append(
-                f"stop them with: kill -INT {waits}; "
-                f"while kill -0 {waits} 2>/dev/null; do sleep 0.1; done; rm -rf {workspace}"
-            )
-        return lines
+        return lines + (self._backend.keep_report() if self._backend is not None else [])
 
     def close(self) -> None:
-        """Drop pending databases, stop every server, remove the workspace (unless keep)."""
-        errors: list[BaseException] = []
-        for databases in self._databases.values():
-            try:
-                databases.close()
-            except Exception as exc:  # noqa: BLE001 - keep stopping servers; re-raised below.
-                errors.append(exc)
-        self._databases.clear()
+        """Drop pending databases, stop every server (unless keep), release the backend.
+
+        Every step runs even when an earlier one fails; all failures are raised together."""
+        steps: list[Callable[[], object]] = [d.close for d in self._databases.values()]
         if not self.config.keep:
-            for topology in self.topologies.values():
-                topology.stop()
-            self.topologies.clear()
+            steps += [topology.stop for topology in self.topologies.values()]
         if self._backend is not None:
-            self._backend.close()
-        if errors:
-            raise errors[0]
+            steps.append(self._backend.close)
+        try:
+            release_all(steps, "everything this run started")
+        finally:
+            self._databases.clear()
+            if not self.config.keep:
+                self.topologies.clear()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 TlsMode = Literal["verify-full", "verify-ca", "require"]
-TLS_MODES: tuple[TlsMode, ...] = ("verify-full", "verify-ca", "require")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_pgtopo.servers.local_backend import LocalBackend
+from pytest_pgtopo.backends.local import LocalBackend
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ PRINT_CONFIG = """
 def test_show(pytestconfig):
     from pytest_pgtopo.plugin import SESSION_KEY
     cfg = pytestconfig.stash[SESSION_KEY].config
-    print("CONFIG", cfg.backend, ",".join(cfg.drivers), cfg.keep, cfg.isolation, cfg.pg_bindir,
+    print("CONFIG", cfg.backend, ",".join(cfg.driver), cfg.keep, cfg.isolation, cfg.pg_bindir,
           cfg.pgbouncer_bin, cfg.tmpdir, *([cfg.audit] if cfg.audit != "off" else []))
     print("SOURCES", dict(cfg.sources))
 """

@@ -37,7 +37,8 @@ def test_external_backend_serves_pg_plain_and_skips_the_rest(
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            f"pgtopo: backend=external (127.0.0.1:{pg_plain.primary.port}), isolation=database",
+            f"pgtopo: backend=external (127.0.0.1:{pg_plain.primary.port}), "
+            "drivers=defaults (asyncpg async, psycopg sync), isolation=database",
             "*the bouncer topology needs servers pytest-pgtopo starts itself; "
             "--pgtopo-backend=external provides pg_plain only*",
         ]

@@ -10,10 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.errors import BinaryNotFoundError, ServerStartError
 from pytest_pgtopo.servers import binaries as binaries_module
 from pytest_pgtopo.servers.initdb_cache import default_cache_root
-from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.topologies.plain import PlainTopology
 
 
@@ -97,7 +97,7 @@ def test_initdb_runs_once_then_the_cache_is_reused(
 RACE_SCRIPT = """
 import sys
 from pathlib import Path
-from pytest_pgtopo.servers.local_backend import LocalBackend
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.topologies.plain import PlainTopology
 backend = LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=Path(sys.argv[1]), keep=False)
 topology = PlainTopology.start(backend)

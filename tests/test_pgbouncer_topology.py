@@ -14,9 +14,9 @@ import psycopg
 import psycopg2
 import pytest
 
+from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.errors import BinaryNotFoundError, PgtopoError, ServerStartError
 from pytest_pgtopo.servers import pgbouncer as pgbouncer_module
-from pytest_pgtopo.servers.local_backend import LocalBackend
 from pytest_pgtopo.servers.pgbouncer import PgBouncerBinary, check_settings, parse_version
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
 

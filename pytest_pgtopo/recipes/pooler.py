@@ -2,9 +2,11 @@
 
 Consecutive transactions of one client may run on different server connections, so:
 - server-side prepared statements vanish or collide: every driver's statement cache goes off;
-- a stock PgBouncer refuses most startup parameters ("unsupported startup parameter:
-  statement_timeout"), and with ignore_startup_parameters it drops them silently. Only the
-  parameters PgBouncer tracks itself are sent at startup; the rest become durable server-side
+- PgBouncer accepts in a startup packet only the parameters it tracks per client and replays
+  on whichever server connection the client gets: client_encoding, DateStyle, TimeZone,
+  standard_conforming_strings and application_name. Any other one is refused ("unsupported
+  startup parameter: statement_timeout"), or, if listed in ignore_startup_parameters, dropped
+  silently. So only tracked parameters are sent at startup; the rest become durable server-side
   settings (ALTER DATABASE / ALTER ROLE ... SET), which every pooled server connection picks up.
 """
 
@@ -12,15 +14,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..admin import quote_ident, quote_literal
 from ..drivers import Driver
+from ..pgbouncer_facts import TRACKED_STARTUP_PARAMETERS
+from ..quoting import quote_ident, quote_literal
 from .settings import SessionSettings
 
 Pooler = Literal["transaction"]
 
-# Parameters PgBouncer 1.18 tracks per client and replays on whichever server connection
-# the client gets; everything else in a startup packet is refused.
-POOLER_STARTUP_PARAMETERS = frozenset({"application_name", "TimeZone"})
 # GUCs whose value is a list: ALTER ... SET takes the items, not one quoted string.
 _LIST_SETTINGS = frozenset({"search_path"})
 
@@ -32,7 +32,7 @@ def startup_settings(settings: SessionSettings, driver: Driver) -> dict[str, str
     return {
         name: value
         for name, value in settings.server_settings().items()
-        if name in POOLER_STARTUP_PARAMETERS and (own is None or name in own)
+        if name in TRACKED_STARTUP_PARAMETERS and (own is None or name in own)
     }
 
 
@@ -51,10 +51,18 @@ def durable_settings_sql(
     settings: SessionSettings, *, database: str | None = None, role: str | None = None
 ) -> list[str]:
     """ALTER statements that make `settings` durable for a database, a role, or a role in a
-    database; run them once (in a migration, say), not per connection.
+    database; run them once (in a migration, say), not per connection. Every setting but
+    application_name is kept, defaults included (TimeZone, idle_in_transaction_session_timeout):
 
-    >>> durable_settings_sql(SessionSettings(statement_timeout="5s"), role="app")[0]
-    'ALTER ROLE "app" SET statement_timeout = \\'5s\\''
+    >>> settings = SessionSettings(
+    ...     application_name="orders-api", search_path="tenant_a, public", statement_timeout="5s"
+    ... )
+    >>> for sql in durable_settings_sql(settings, database="orders", role="orders_app"):
+    ...     print(sql)
+    ALTER ROLE "orders_app" IN DATABASE "orders" SET TimeZone = 'UTC'
+    ALTER ROLE "orders_app" IN DATABASE "orders" SET search_path = "tenant_a", "public"
+    ALTER ROLE "orders_app" IN DATABASE "orders" SET statement_timeout = '5s'
+    ALTER ROLE "orders_app" IN DATABASE "orders" SET idle_in_transaction_session_timeout = '60000'
     """
     if database is None and role is None:
         raise ValueError("name a database, a role, or both")

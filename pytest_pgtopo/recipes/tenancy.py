@@ -23,7 +23,7 @@ import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import dbapi
-from ..admin import quote_ident
+from ..quoting import quote_ident
 from .transaction_settings import aset_local, set_local
 
 

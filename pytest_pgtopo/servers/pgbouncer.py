@@ -11,24 +11,31 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..admin import AdminConnection, wait_until_connectable
+from ..admin import AdminConnection
 from ..endpoint import Endpoint
-from ..errors import BinaryNotFoundError, PgtopoError, ServerStartError
+from ..errors import BinaryNotFoundError, PgtopoError
+from ..pgbouncer_facts import (
+    VERSION_GATED_SETTINGS,
+    Version,
+    immediate_shutdown_signal,
+    knows,
+    parse_version,
+)
+from ..quoting import quote_ident
 from ..runners import local
 from ..runners.local import OsUser
 from ..tls import TlsClient
-from .postgres import LOOPBACK, START_TIMEOUT, free_port
+from ..types import LOOPBACK
+from .process import ServerProcess
 
 PoolMode = Literal["session", "transaction", "statement"]
 POOL_MODES: tuple[PoolMode, ...] = ("session", "transaction", "statement")
-Version = tuple[int, int, int]
 
 ENV_BIN = "PGTOPO_PGBOUNCER_BIN"
 # Checked after the explicit path, $PGTOPO_PGBOUNCER_BIN and PATH (Debian puts it in /usr/sbin,
@@ -39,20 +46,9 @@ WELL_KNOWN_PATHS = (
     Path("/opt/homebrew/bin/pgbouncer"),
 )
 
-# Settings newer than some installed PgBouncers, with the release that added them. Not
-# exhaustive: it covers the names people copy from current docs. All were checked to make
-# 1.18 refuse to start. Anything else unknown still fails, with the log line in the error.
-VERSION_GATED_SETTINGS: dict[str, Version] = {
-    "track_extra_parameters": (1, 20, 0),
-    "max_prepared_statements": (1, 21, 0),
-    "auth_ident_file": (1, 23, 0),
-    "max_db_client_connections": (1, 24, 0),
-    "max_user_client_connections": (1, 24, 0),
-}
 # Written by PgBouncer itself from its own state; a caller overriding them would break it.
 MANAGED_SETTINGS = frozenset({"listen_addr", "listen_port", "auth_file", "pidfile", "logfile"})
 
-_PORT_ATTEMPTS = 5
 _ADMIN_DB = "pgbouncer"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -70,15 +66,7 @@ class PgBouncerBinary:
         return ".".join(map(str, self.version))
 
     def knows(self, setting: str) -> bool:
-        return self.version >= VERSION_GATED_SETTINGS.get(setting, (0, 0, 0))
-
-
-def parse_version(text: str) -> Version:
-    match = re.search(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?", text)
-    if match is None:
-        raise BinaryNotFoundError(f"cannot read a PgBouncer version from: {text.strip()!r}")
-    major, minor, patch = match.groups()
-    return int(major), int(minor), int(patch or 0)
+        return knows(self.version, setting)
 
 
 def find_pgbouncer(explicit: Path | None = None) -> PgBouncerBinary:
@@ -142,153 +130,12 @@ def check_settings(binary: PgBouncerBinary, settings: Mapping[str, str]) -> None
             )
 
 
-class PgBouncer:
-    """A running PgBouncer in `directory` (pgbouncer.ini, userlist.txt, pgbouncer.log)."""
-
-    def __init__(
-        self,
-        binary: PgBouncerBinary,
-        user: OsUser,
-        directory: Path,
-        server: Endpoint,
-        *,
-        pool_mode: PoolMode = "transaction",
-        default_pool_size: int = 4,
-        max_client_conn: int = 200,
-        extra_settings: Mapping[str, str] | None = None,
-        client_tls: TlsClient | None = None,
-        keep: bool = False,
-    ) -> None:
-        if pool_mode not in POOL_MODES:
-            raise PgtopoError(
-                f"pool_mode must be one of {', '.join(POOL_MODES)}, not {pool_mode!r}"
-            )
-        self.extra_settings = dict(extra_settings or {})
-        check_settings(binary, self.extra_settings)
-        self.binary = binary
-        self.user = user
-        self.directory = directory
-        self.server = server
-        self.pool_mode = pool_mode
-        self.default_pool_size = default_pool_size
-        self.max_client_conn = max_client_conn
-        self.keep = keep
-        self.client_tls = client_tls
-        """How clients verify PgBouncer when it terminates TLS (client_tls_* settings)."""
-        self.ini_path = directory / "pgbouncer.ini"
-        self.auth_path = directory / "userlist.txt"
-        self.log_path = directory / "pgbouncer.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port: int | None = None
+class PgBouncerConsole:
+    """PgBouncer's admin console, reached through `endpoint` (any backend's PgBouncer)."""
 
     @property
     def endpoint(self) -> Endpoint:
-        """Where clients connect: the server's superuser, through the bouncer, on `postgres`."""
-        if self.port is None:
-            raise RuntimeError("pgbouncer is not running")
-        return self._endpoint_at(self.port)
-
-    def _endpoint_at(self, port: int) -> Endpoint:
-        return Endpoint(
-            LOOPBACK, port, self.server.user, self.server.password, "postgres", self.client_tls
-        )
-
-    def settings(self, port: int) -> dict[str, str]:
-        """What pgbouncer.ini's [pgbouncer] section holds when listening on `port`."""
-        # The unix socket path must fit in sun_path (108 bytes); TCP is what clients use anyway.
-        socket_dir = str(self.directory) if len(str(self.directory)) < 80 else ""
-        return {
-            "listen_addr": LOOPBACK,
-            "listen_port": str(port),
-            "unix_socket_dir": socket_dir,
-            "pidfile": str(self.directory / "pgbouncer.pid"),
-            # A plain-text password serves both sides of SCRAM: clients to PgBouncer and
-            # PgBouncer to the server (1.18 checked); no verifier from pg_authid is needed.
-            "auth_type": "scram-sha-256",
-            "auth_file": str(self.auth_path),
-            "admin_users": self.server.user,
-            "stats_users": self.server.user,
-            "pool_mode": self.pool_mode,
-            "default_pool_size": str(self.default_pool_size),
-            "max_client_conn": str(self.max_client_conn),
-            # After a failed server login PgBouncer waits this long before trying again (15 s by
-            # default): a test that restarts the server should not stall on it.
-            "server_login_retry": "1",
-            # No ignore_startup_parameters: stock PgBouncer refuses search_path, statement_timeout
-            # and friends, and a recipe that sends them must fail here as it would in production.
-            **self.extra_settings,
-        }
-
-    def _write_config(self, port: int) -> None:
-        # `*` is a wildcard entry: any database name a client asks for (per-test databases
-        # created after start) is forwarded to the same server.
-        lines = [
-            "[databases]",
-            f"* = host={self.server.host} port={self.server.port}",
-            "",
-            "[pgbouncer]",
-            *(f"{name} = {value}" for name, value in self.settings(port).items()),
-        ]
-        self.ini_path.write_text("\n".join(lines) + "\n")
-        user = self.server.user.replace('"', '""')
-        password = self.server.password.replace('"', '""')
-        self.auth_path.write_text(f'"{user}" "{password}"\n')
-        self.auth_path.chmod(0o600)
-        local.chown_tree(self.directory, self.user)
-
-    def start(self) -> None:
-        """Start on a free port, retrying when another process takes it first."""
-        for attempt in range(_PORT_ATTEMPTS):
-            if self._launch(free_port(), port_may_move=attempt + 1 < _PORT_ATTEMPTS):
-                return
-
-    def restart(self) -> None:
-        """Stop (dropping every client and server connection) and start again on the same port."""
-        port = self.port
-        if port is None:
-            raise RuntimeError("pgbouncer was never started")
-        self._kill()
-        self._launch(port, port_may_move=False)
-
-    def _launch(self, port: int, *, port_may_move: bool) -> bool:
-        """Start on `port`; False if the port was taken and the caller may pick another."""
-        self._write_config(port)
-        self.process = local.spawn(
-            [str(self.binary.path), str(self.ini_path)],
-            user=self.user,
-            cwd=self.directory,
-            log_path=self.log_path,
-            die_with_parent=not self.keep,
-        )
-        try:
-            probe = wait_until_connectable(
-                self._endpoint_at(port), timeout=START_TIMEOUT, alive=self.is_running
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a ServerStartError.
-            self._kill()
-            if port_may_move and "Address already in use" in self.log_tail(5):
-                return False
-            raise ServerStartError(self._explain_failure(exc)) from None
-        # The probe proved the whole path works; holding it would show up in SHOW CLIENTS.
-        probe.close()
-        self.port = port
-        return True
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        return local.log_tail(self.log_path, lines)
-
-    def _explain_failure(self, exc: BaseException) -> str:
-        return local.explain_start_failure(
-            f"PgBouncer {self.binary.version_string}",
-            exc,
-            f"{self.binary.path} {self.ini_path}",
-            self.user,
-            self.ini_path,
-            self.log_path,
-        )
+        raise NotImplementedError
 
     def admin(self, command: str) -> list[dict[str, Any]]:
         """Run one admin console command (SHOW POOLS, PAUSE, ...) and return its rows as dicts.
@@ -327,16 +174,141 @@ class PgBouncer:
         self.admin(_with_db("KILL", db))
         self.admin(_with_db("RESUME", db))
 
+
+class PgBouncer(PgBouncerConsole):
+    """A running PgBouncer in `directory` (pgbouncer.ini, userlist.txt, pgbouncer.log).
+
+    `settings` are the [pgbouncer] settings its topology chose (pool_mode, pool sizes, TLS
+    files, ...); this class adds where it listens, how it authenticates and who administers it.
+    """
+
+    def __init__(
+        self,
+        binary: PgBouncerBinary,
+        user: OsUser,
+        directory: Path,
+        server: Endpoint,
+        settings: Mapping[str, str],
+        *,
+        client_tls: TlsClient | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.pool_settings = dict(settings)
+        check_settings(binary, self.pool_settings)
+        self.binary = binary
+        self.user = user
+        self.directory = directory
+        self.server = server
+        self.client_tls = client_tls
+        """How clients verify PgBouncer when it terminates TLS (client_tls_* settings)."""
+        self.ini_path = directory / "pgbouncer.ini"
+        self.auth_path = directory / "userlist.txt"
+        self.log_path = directory / "pgbouncer.log"
+        self.runner = ServerProcess(
+            f"PgBouncer {binary.version_string}",
+            user=user,
+            cwd=directory,
+            log_path=self.log_path,
+            conf_path=self.ini_path,
+            port_taken="Address already in use",
+            stop_steps=((immediate_shutdown_signal(binary.version), 10.0),),
+            keep=keep,
+        )
+        self.port: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Names PgBouncer and its log in a failed test's report."""
+        return f"pgbouncer ({self.log_path})"
+
+    @property
+    def version(self) -> Version:
+        return self.binary.version
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The Popen of the pgbouncer process (None before start), for tests of this backend."""
+        return self.runner.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.runner.pid
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where clients connect: the server's superuser, through the bouncer, on `postgres`."""
+        if self.port is None:
+            raise RuntimeError("pgbouncer is not running")
+        return self._endpoint_at(self.port)
+
+    def _endpoint_at(self, port: int) -> Endpoint:
+        return Endpoint(
+            LOOPBACK, port, self.server.user, self.server.password, "postgres", self.client_tls
+        )
+
+    def settings(self, port: int) -> dict[str, str]:
+        """What pgbouncer.ini's [pgbouncer] section holds when listening on `port`."""
+        # The unix socket path must fit in sun_path (108 bytes); TCP is what clients use anyway.
+        socket_dir = str(self.directory) if len(str(self.directory)) < 80 else ""
+        return {
+            "listen_addr": LOOPBACK,
+            "listen_port": str(port),
+            "unix_socket_dir": socket_dir,
+            "pidfile": str(self.directory / "pgbouncer.pid"),
+            # A plain-text password serves both sides of SCRAM: clients to PgBouncer and
+            # PgBouncer to the server (1.18 checked); no verifier from pg_authid is needed.
+            "auth_type": "scram-sha-256",
+            "auth_file": str(self.auth_path),
+            "admin_users": self.server.user,
+            "stats_users": self.server.user,
+            **self.pool_settings,
+        }
+
+    def _write_config(self, port: int) -> list[str]:
+        # `*` is a wildcard entry: any database name a client asks for (per-test databases
+        # created after start) is forwarded to the same server.
+        lines = [
+            "[databases]",
+            f"* = host={self.server.host} port={self.server.port}",
+            "",
+            "[pgbouncer]",
+            *(f"{name} = {value}" for name, value in self.settings(port).items()),
+        ]
+        self.ini_path.write_text("\n".join(lines) + "\n")
+        # auth_file quotes user and password as SQL quotes identifiers.
+        user, password = quote_ident(self.server.user), quote_ident(self.server.password)
+        self.auth_path.write_text(f"{user} {password}\n")
+        self.auth_path.chmod(0o600)
+        local.chown_tree(self.directory, self.user)
+        return [str(self.binary.path), str(self.ini_path)]
+
+    def start(self) -> None:
+        """Start on a free port, retrying when another process takes it first."""
+        self._launch(None)
+
+    def restart(self) -> None:
+        """Stop (dropping every client and server connection) and start again on the same port."""
+        port = self.port
+        if port is None:
+            raise RuntimeError("pgbouncer was never started")
+        self.runner.stop()
+        self._launch(port)
+
+    def _launch(self, port: int | None) -> None:
+        self.port, probe = self.runner.start(self._write_config, self._endpoint_at, port=port)
+        # The probe proved the whole path works; holding it would show up in SHOW CLIENTS.
+        probe.close()
+
+    def is_running(self) -> bool:
+        return self.runner.is_running()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self.runner.log_tail(lines)
+
     def stop(self) -> None:
         """Stop immediately, escalating to SIGKILL if it hangs; then delete its files."""
-        self._kill()
+        self.runner.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _kill(self) -> None:
-        # Immediate shutdown is SIGTERM before 1.23 and SIGQUIT since, when SIGTERM turned
-        # into a shutdown that waits for every client to disconnect.
-        immediate = signal.SIGQUIT if self.binary.version >= (1, 23, 0) else signal.SIGTERM
-        local.stop_escalating(self.process, ((immediate, 10.0), (signal.SIGKILL, 10.0)))
 
 
 def _word(text: str) -> str:

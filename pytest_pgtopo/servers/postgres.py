@@ -10,23 +10,20 @@ import dataclasses
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..admin import AdminConnection, quote_ident, quote_literal, wait_until_connectable
+from ..admin import AdminConnection
 from ..endpoint import Endpoint
-from ..errors import ServerStartError
+from ..quoting import quote_ident, quote_literal
 from ..runners import local
 from ..runners.local import OsUser
 from ..tls import TlsClient
+from ..types import LOOPBACK
 from .binaries import PgBinaries
 from .initdb_cache import SUPERUSER, CachedCluster
-
-LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 60.0
-_PORT_ATTEMPTS = 5
+from .process import ServerProcess
 
 # Durability off: a test server never has to survive a crash, and these make it several times faster.
 FAST_SETTINGS: dict[str, str] = {
@@ -35,13 +32,7 @@ FAST_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
     "log_line_prefix": "%m [%p] %q%u@%d ",
 }
-
-
-def free_port() -> int:
-    """A port the OS just reported free; start() retries if another process takes it first."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+STOP_MODES = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
 
 class PostgresServer:
@@ -71,10 +62,24 @@ class PostgresServer:
         """pg_hba.conf contents replacing initdb's; None keeps initdb's (scram-sha-256 everywhere)."""
         self.client_tls = client_tls
         """How the plugin's own connections verify this server; None for plain TCP."""
-        self.keep = keep
-        self.process: subprocess.Popen[bytes] | None = None
+        self.runner = ServerProcess(
+            f"PostgreSQL server {name!r}",
+            user=user,
+            cwd=directory,
+            log_path=self.log_path,
+            conf_path=self.conf_path,
+            port_taken="could not bind",
+            # Fast shutdown first (clean, ~20 ms), then immediate, then SIGKILL.
+            stop_steps=((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0)),
+            keep=keep,
+        )
         self._endpoint: Endpoint | None = None
         self._admin: AdminConnection | None = None
+
+    @property
+    def label(self) -> str:
+        """Names the server and its log in a failed test's report."""
+        return f"postgres {self.name} ({self.log_path})"
 
     @property
     def endpoint(self) -> Endpoint:
@@ -89,6 +94,15 @@ class PostgresServer:
             raise RuntimeError(f"server {self.name} is not running")
         return self._admin
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The Popen of the server process (None before start), for tests of this backend."""
+        return self.runner.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.runner.pid
+
     def start_from(self, cluster: CachedCluster) -> None:
         """Copy the cached cluster into place, start it, and give the superuser a fresh password."""
         cluster.copy_to(self.data_dir, self.user)
@@ -100,9 +114,9 @@ class PostgresServer:
         )
         self._endpoint = dataclasses.replace(self.endpoint, password=password)
 
-    def start_standby_of(self, primary: PostgresServer, slot: str) -> None:
-        """Clone `primary` with pg_basebackup and start as a streaming hot standby on `slot`."""
-        source = primary.endpoint
+    def start_standby_of(self, source: Endpoint, slot: str) -> None:
+        """Clone the server at `source` (a superuser endpoint) with pg_basebackup and start as a
+        streaming hot standby on replication slot `slot`."""
         local.run(
             [
                 self.binaries["pg_basebackup"],
@@ -138,29 +152,15 @@ class PostgresServer:
         local.chown_tree(self.socket_dir, self.user)
 
     def _start(self, password: str) -> None:
-        for attempt in range(_PORT_ATTEMPTS):
-            port = free_port()
+        def argv_at(port: int) -> list[str]:
             self._write_conf(port)
-            self.process = local.spawn(
-                [self.binaries["postgres"], "-D", str(self.data_dir)],
-                user=self.user,
-                cwd=self.directory,
-                log_path=self.log_path,
-                die_with_parent=not self.keep,
-            )
-            endpoint = Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres", self.client_tls)
-            try:
-                self._admin = wait_until_connectable(
-                    endpoint, timeout=START_TIMEOUT, alive=self.is_running
-                )
-            except Exception as exc:  # noqa: BLE001 - any failure becomes a ServerStartError.
-                self._kill()
-                port_taken = "could not bind" in self.log_tail(5)
-                if port_taken and attempt + 1 < _PORT_ATTEMPTS:
-                    continue
-                raise ServerStartError(self._explain_failure(exc)) from None
-            self._endpoint = endpoint
-            return
+            return [self.binaries["postgres"], "-D", str(self.data_dir)]
+
+        def endpoint_at(port: int) -> Endpoint:
+            return Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres", self.client_tls)
+
+        port, self._admin = self.runner.start(argv_at, endpoint_at)
+        self._endpoint = endpoint_at(port)
 
     def _write_conf(self, port: int) -> None:
         settings = {
@@ -180,47 +180,26 @@ class PostgresServer:
         return self.data_dir / "postgresql.auto.conf"
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.runner.is_running()
 
     def log_tail(self, lines: int = 20) -> str:
-        return local.log_tail(self.log_path, lines)
-
-    def _explain_failure(self, exc: BaseException) -> str:
-        command = f"{self.binaries['postgres']} -D {self.data_dir}"
-        return local.explain_start_failure(
-            f"PostgreSQL server {self.name!r}",
-            exc,
-            command,
-            self.user,
-            self.conf_path,
-            self.log_path,
-        )
+        return self.runner.log_tail(lines)
 
     def stop_process(self, mode: str = "fast") -> None:
         """Stop the server but keep its files: `fast` (SIGINT, clean) or `immediate` (SIGQUIT,
         as if it crashed). Its connections, the plugin's included, are gone afterwards."""
-        if mode not in ("fast", "immediate"):
+        if mode not in STOP_MODES:
             raise ValueError(f"mode must be 'fast' or 'immediate', not {mode!r}")
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._kill()
+        self._close_admin()
+        self.runner.signal(STOP_MODES[mode], 30.0)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to immediate and kill if it hangs; then delete files."""
+        self._close_admin()
+        self.runner.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _close_admin(self) -> None:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        self._kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _kill(self) -> None:
-        local.stop_escalating(
-            self.process, ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0))
-        )

@@ -21,7 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
-LOOPBACK = "127.0.0.1"
+from ..types import LOOPBACK
+
 _ACCEPT_POLL = 0.05  # How often the accept loop checks for close(); not a wait for a condition.
 _CHUNK = 65536
 # PostgreSQL's pre-startup requests (protocol codes 1234/5679 and 1234/5680) and its replies.

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import Target
+from ..backends.base import Backend, PgBouncerHandle, PostgresHandle, ServerHandle
 from ..endpoint import Endpoint
+from ..errors import PgtopoError
 from ..servers.certificates import issue_certificates
-from ..servers.local_backend import LocalBackend
-from ..servers.pgbouncer import PgBouncer, PoolMode, check_settings, find_pgbouncer
-from ..servers.postgres import PostgresServer
+from ..servers.pgbouncer import POOL_MODES, PoolMode
+from ..servers.process import cleanup_on_error
 from ..tls import TlsClient
 from .base import Topology
 
@@ -27,66 +28,59 @@ class BouncerOptions:
     """Terminate client TLS at PgBouncer (client_tls_sslmode=require, a trustme certificate):
     plaintext clients are refused and `.bouncer` verifies PgBouncer with verify-full."""
 
+    def pgbouncer_settings(self) -> dict[str, str]:
+        """The [pgbouncer] settings these options stand for (the backend adds where it
+        listens, how it authenticates and its TLS files)."""
+        return {
+            "pool_mode": self.pool_mode,
+            "default_pool_size": str(self.default_pool_size),
+            "max_client_conn": str(self.max_client_conn),
+            # After a failed server login PgBouncer waits this long before trying again (15 s by
+            # default): a test that restarts the server should not stall on it.
+            "server_login_retry": "1",
+            # No ignore_startup_parameters: stock PgBouncer refuses search_path, statement_timeout
+            # and friends, and a recipe that sends them must fail here as it would in production.
+            **self.extra_settings,
+        }
+
 
 class BouncerTopology(Topology):
     """`.primary` is the server itself; `.bouncer` (and `client_endpoint`) goes through PgBouncer."""
 
-    name = "bouncer"
     fixture = "pg_bouncer"
 
-    def __init__(self, server: PostgresServer, pgbouncer: PgBouncer) -> None:
+    def __init__(
+        self, server: PostgresHandle, pgbouncer: PgBouncerHandle, options: BouncerOptions
+    ) -> None:
         super().__init__(server)
         self.pgbouncer = pgbouncer
+        self.options = options
 
     @classmethod
-    def start(
-        cls,
-        backend: LocalBackend,
-        options: BouncerOptions | None = None,
-        *,
-        pgbouncer_bin: Path | None = None,
-    ) -> BouncerTopology:
-        """Start the server, then PgBouncer; on any failure nothing is left running.
-
-        `pgbouncer_bin` is the configured binary; None searches PGTOPO_PGBOUNCER_BIN, PATH
-        and the well-known install paths.
-        """
+    def start(cls, backend: Backend, options: BouncerOptions | None = None) -> BouncerTopology:
+        """Start the server, then PgBouncer; on any failure nothing is left running."""
         options = options or BouncerOptions()
-        # Binary and settings are checked first, so a bad setting costs no server start.
-        binary = find_pgbouncer(pgbouncer_bin)
-        check_settings(binary, options.extra_settings)
-        settings, client_tls = dict(options.extra_settings), None
+        if options.pool_mode not in POOL_MODES:
+            raise PgtopoError(
+                f"pool_mode must be one of {', '.join(POOL_MODES)}, not {options.pool_mode!r}"
+            )
+        settings = options.pgbouncer_settings()
+        # Checked first, so a bad setting costs no server start.
+        backend.check_pgbouncer_settings(settings)
+        tls = client_tls = None
         if options.client_tls:
-            files = issue_certificates(backend.workspace.subdir("pgbouncer-certs"), backend.user)
-            settings.update(
-                client_tls_sslmode="require",
-                client_tls_cert_file=str(files.server_cert),
-                client_tls_key_file=str(files.server_key),
-                client_tls_ca_file=str(files.ca_path),
+            material = issue_certificates(verify_clients=True)
+            tls = material.server
+            client_tls = TlsClient(
+                backend.client_files("pgbouncer-certs", material.client_files())["ca.pem"]
             )
-            client_tls = TlsClient(files.ca_path)
-        server = backend.start_postgres("bouncer-pg")
-        pgbouncer: PgBouncer | None = None
-        try:
-            pgbouncer = PgBouncer(
-                binary,
-                backend.user,
-                backend.workspace.subdir("pgbouncer"),
-                server.endpoint,
-                pool_mode=options.pool_mode,
-                default_pool_size=options.default_pool_size,
-                max_client_conn=options.max_client_conn,
-                extra_settings=settings,
-                client_tls=client_tls,
-                keep=backend.keep,
+        with cleanup_on_error() as on_error:
+            server = backend.start_postgres("bouncer-pg")
+            on_error(server.stop)
+            pgbouncer = backend.start_pgbouncer(
+                "pgbouncer", server.endpoint, settings, tls=tls, client_tls=client_tls
             )
-            pgbouncer.start()
-        except BaseException:
-            if pgbouncer is not None:
-                pgbouncer.stop()
-            server.stop()
-            raise
-        return cls(server, pgbouncer)
+        return cls(server, pgbouncer, options)
 
     @property
     def bouncer(self) -> Endpoint:
@@ -102,28 +96,24 @@ class BouncerTopology(Topology):
         tls = self.pgbouncer.client_tls
         return tls.ca_path if tls is not None else None
 
-    def pids(self) -> list[int]:
-        process = self.pgbouncer.process
-        running = [process.pid] if process is not None and process.poll() is None else []
-        return [*super().pids(), *running]
+    def handles(self) -> list[ServerHandle]:
+        return [self.server, self.pgbouncer]
+
+    def release_database(self, name: str) -> None:
+        """PgBouncer's idle server connections would make DROP DATABASE wait: drop them."""
+        self.kill(name)
 
     def audit_targets(self) -> dict[int, Target]:
         tls = self.pgbouncer.client_tls is not None
         return {
-            self.bouncer.port: Target(pooler=self.pgbouncer.pool_mode, tls=tls),
+            self.bouncer.port: Target(pooler=self.options.pool_mode, tls=tls),
             self.primary.port: Target(),
-        }
-
-    def log_tails(self, lines: int = 20) -> dict[str, str]:
-        return {
-            **super().log_tails(lines),
-            f"pgbouncer ({self.pgbouncer.log_path})": self.pgbouncer.log_tail(lines),
         }
 
     def describe(self) -> str:
         return (
-            f"pg_bouncer bouncer ({self.pgbouncer.pool_mode} pooling, PgBouncer "
-            f"{self.pgbouncer.binary.version_string}): {self.bouncer.describe()}\n"
+            f"pg_bouncer bouncer ({self.options.pool_mode} pooling, PgBouncer "
+            f"{'.'.join(map(str, self.pgbouncer.version))}): {self.bouncer.describe()}\n"
             f"pg_bouncer primary: {self.primary.describe()}"
         )
 
@@ -151,13 +141,6 @@ class BouncerTopology(Topology):
 
     def restart_bouncer(self) -> None:
         self.pgbouncer.restart()
-
-    def stop(self) -> None:
-        """The bouncer first, so it never logs the server vanishing under it."""
-        try:
-            self.pgbouncer.stop()
-        finally:
-            super().stop()
 
     def __repr__(self) -> str:
         return (

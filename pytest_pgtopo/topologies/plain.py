@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from ..servers.local_backend import LocalBackend
+from ..backends.base import Backend
 from .base import Topology
 
 
 class PlainTopology(Topology):
     """One server. `.primary` is its endpoint, on the `postgres` database."""
 
-    name = "plain"
     fixture = "pg_plain"
 
     @classmethod
-    def start(cls, backend: LocalBackend) -> PlainTopology:
+    def start(cls, backend: Backend) -> PlainTopology:
         return cls(backend.start_postgres("plain"))

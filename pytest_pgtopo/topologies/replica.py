@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..audit import Target
+from ..backends.base import Backend, PostgresHandle, ServerHandle
 from ..endpoint import Endpoint, MultiHostEndpoint
-from ..servers.local_backend import LocalBackend
-from ..servers.postgres import PostgresServer
+from ..servers.process import cleanup_on_error, release_all
 from ..servers.proxy import TcpProxy
 from ..waiting import wait_until
 from .base import Topology
@@ -24,18 +24,17 @@ _POLL_START, _POLL_MAX = 0.002, 0.05
 
 @dataclass(frozen=True)
 class Nodes:
-    primary: PostgresServer
-    replica: PostgresServer
+    primary: PostgresHandle
+    replica: PostgresHandle
 
 
 class ReplicaTopology(Topology):
     """Primary + replica. `.primary` / `.replica` are the two nodes' endpoints (fixed addresses);
     after promote() the replica's node is the one that accepts writes, and `.stable` follows it."""
 
-    name = "replica"
     fixture = "pg_replica_pair"
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.nodes = self._start_nodes()
         self.proxy = TcpProxy(self._address(self.nodes.primary))
@@ -43,22 +42,15 @@ class ReplicaTopology(Topology):
         """True once promote() or stop_primary() ran: the next test gets a rebuilt pair."""
 
     @classmethod
-    def start(cls, backend: LocalBackend) -> ReplicaTopology:
+    def start(cls, backend: Backend) -> ReplicaTopology:
         return cls(backend)
 
     def _start_nodes(self) -> Nodes:
-        primary = self._backend.start_postgres("primary")
-        try:
+        with cleanup_on_error() as on_error:
+            primary = self._backend.start_postgres("primary")
+            on_error(primary.stop)
             primary.admin.execute(f"SELECT pg_create_physical_replication_slot('{SLOT}')")
-            replica = self._backend.new_postgres("replica")
-            try:
-                replica.start_standby_of(primary, SLOT)
-            except BaseException:
-                replica.stop()
-                raise
-        except BaseException:
-            primary.stop()
-            raise
+            replica = self._backend.start_standby("replica", primary, SLOT)
         return Nodes(primary, replica)
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -75,7 +67,7 @@ class ReplicaTopology(Topology):
         )
 
     @property
-    def database_server(self) -> PostgresServer:
+    def database_server(self) -> PostgresHandle:
         return self.nodes.primary
 
     def multi_host(
@@ -170,12 +162,12 @@ class ReplicaTopology(Topology):
         self.changed = False
 
     @staticmethod
-    def _address(server: PostgresServer) -> tuple[str, int]:
+    def _address(server: PostgresHandle) -> tuple[str, int]:
         return server.endpoint.host, server.endpoint.port
 
     # --- the Topology protocol ---------------------------------------------------------------
 
-    def servers(self) -> list[PostgresServer]:
+    def handles(self) -> list[ServerHandle]:
         return [self.nodes.primary, self.nodes.replica]
 
     def audit_targets(self) -> dict[int, Target]:
@@ -189,7 +181,4 @@ class ReplicaTopology(Topology):
         )
 
     def stop(self) -> None:
-        try:
-            self.proxy.close()
-        finally:
-            super().stop()
+        release_all([self.proxy.close, super().stop], self.fixture)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audit import Target
+from ..backends.base import Backend, PostgresHandle
 from ..servers.certificates import DEFAULT_HOSTNAMES, issue_certificates
 from ..servers.initdb_cache import SUPERUSER
-from ..servers.local_backend import LocalBackend
-from ..servers.postgres import LOOPBACK, PostgresServer
 from ..tls import TlsClient
+from ..types import LOOPBACK
 from .base import Topology
 
 # TLS or nothing: plaintext TCP is rejected outright, not merely unauthenticated.
@@ -36,39 +36,32 @@ class TlsTopology(Topology):
     """`.primary` verifies the server with verify-full against `.ca_path` (verify-ca when the
     certificate does not name 127.0.0.1, so the plugin itself can still connect)."""
 
-    name = "tls"
     fixture = "pg_tls"
 
-    def __init__(self, server: PostgresServer, options: TlsOptions) -> None:
+    def __init__(self, server: PostgresHandle, options: TlsOptions) -> None:
         super().__init__(server)
         self.options = options
 
     @classmethod
-    def start(cls, backend: LocalBackend, options: TlsOptions | None = None) -> TlsTopology:
+    def start(cls, backend: Backend, options: TlsOptions | None = None) -> TlsTopology:
         options = options or TlsOptions()
-        files = issue_certificates(
-            backend.workspace.subdir("tls-certs"),
-            backend.user,
+        material = issue_certificates(
             hostnames=options.hostnames,
             client_user=SUPERUSER if options.client_certificates else None,
+            verify_clients=options.client_certificates,
         )
-        settings = {
-            "ssl": "on",
-            "ssl_cert_file": str(files.server_cert),
-            "ssl_key_file": str(files.server_key),
-        }
+        files = backend.client_files("tls-certs", material.client_files())
+        client_tls = TlsClient(
+            files["ca.pem"],
+            "verify-full" if LOOPBACK in options.hostnames else "verify-ca",
+            files.get("client.crt"),
+            files.get("client.key"),
+        )
         method = "scram-sha-256"
         if options.client_certificates:
-            settings["ssl_ca_file"] = str(files.ca_path)
             method += " clientcert=verify-full"
-        client_tls = TlsClient(
-            files.ca_path,
-            "verify-full" if LOOPBACK in options.hostnames else "verify-ca",
-            files.client_cert,
-            files.client_key,
-        )
         server = backend.start_postgres(
-            "tls", settings=settings, hba=_HBA.format(method=method), client_tls=client_tls
+            "tls", hba=_HBA.format(method=method), tls=material.server, client_tls=client_tls
         )
         return cls(server, options)
 

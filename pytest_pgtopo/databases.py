@@ -1,13 +1,10 @@
-"""Keep tests apart: a database per test cloned from a template, or one rolled-back transaction.
+"""Per-test databases: one template per schema, a clone per test, dropped in the background.
 
-`database` mode (the default): the schema is loaded once into a template database; each test
-gets `CREATE DATABASE ... TEMPLATE` (~15 ms on tmpfs) and the database is dropped afterwards
-by a background thread, so a test never waits for the server to notice a closed connection.
-
-`rollback` mode: every test shares one database; each engine holds one connection inside an
-outer transaction that is rolled back after the test, and the application's own BEGIN/COMMIT/
-ROLLBACK become SAVEPOINT/RELEASE/ROLLBACK TO. Cheaper, but a test cannot use AUTOCOMMIT or
-see its own work from a second connection.
+The schema is loaded once into a template database; each test gets `CREATE DATABASE ...
+TEMPLATE` (~15 ms on tmpfs) and the database is dropped afterwards by a background thread, so
+a test never waits for the server to notice a closed connection. In rollback mode (see
+rollback.py) every test with one schema shares one database instead.
+`Databases.for_test` is the whole life of one test's database, as one context manager.
 """
 
 from __future__ import annotations
@@ -19,42 +16,39 @@ import queue
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from . import dbapi, drivers
-from .admin import AdminConnection, admin_driver, quote_ident
+from . import drivers
+from .admin import AdminConnection, admin_driver
 from .audit import INTERNAL_APPLICATION_NAME
-from .endpoint import Endpoint
 from .errors import PgtopoError
-
-IsolationMode = Literal["database", "rollback"]
-SchemaSource = (
-    sqlalchemy.MetaData | str | os.PathLike[str] | Callable[[sqlalchemy.Engine], Any] | None
-)
+from .quoting import quote_ident
+from .recipes.pooler import durable_settings_sql
+from .recipes.settings import SessionSettings
+from .types import DatabaseServer, IsolationMode, SchemaSource
 
 TEMPLATE_DB = "pgtopo_template"
 SHARED_DB = "pgtopo_shared"
 # Every name a run creates carries a token of its own, so runs sharing one server (an external
 # backend, parallel CI jobs) never collide.
 _MAX_IDENT = 63
-_UNIT_SAVEPOINT = "pgtopo_unit"
 
 
-class DatabaseServer(Protocol):
-    """What per-test databases need of a server: a local DatabaseServer or an external one."""
+@dataclass
+class TestDatabase:
+    """One test's database, as `Databases.for_test` hands it out."""
 
-    @property
-    def endpoint(self) -> Endpoint: ...
+    __test__ = False  # Not a test class, whatever pytest thinks of the name.
 
-    @property
-    def admin(self) -> AdminConnection: ...
-
-    def is_running(self) -> bool: ...
+    name: str
+    keep: bool = False
+    """Set before the block ends to leave the database in place (a failed test's, with
+    --pgtopo-keep); otherwise it is dropped."""
 
 
 class Databases:
@@ -67,6 +61,7 @@ class Databases:
     def __init__(
         self, server: DatabaseServer, *, before_drop: Callable[[str], None] | None = None
     ) -> None:
+        """`before_drop(name)` lets go of what holds a database before it is dropped."""
         self.server = server
         self._before_drop = before_drop
         self._templates: dict[int, tuple[SchemaSource, str]] = {}
@@ -80,6 +75,34 @@ class Databases:
     @property
     def admin(self) -> AdminConnection:
         return self.server.admin
+
+    @contextlib.contextmanager
+    def for_test(
+        self,
+        label: str,
+        schema: SchemaSource,
+        *,
+        mode: IsolationMode = "database",
+        settings: SessionSettings | None = None,
+        after_create: Callable[[], None] | None = None,
+    ) -> Iterator[TestDatabase]:
+        """The database one test uses, from creation to drop.
+
+        In `database` mode a fresh clone of the schema's template, named after `label`; in
+        `rollback` mode the schema's shared database, which outlives the test. `settings` are
+        made durable on it with ALTER DATABASE ... SET (behind a transaction pooler, startup
+        parameters cannot carry them); `after_create` runs once it exists (a replica waits for
+        it to be replayed, say). Dropped afterwards unless the caller set `.keep`.
+        """
+        shared = mode == "rollback"
+        database = TestDatabase(self.shared(schema) if shared else self.create(label, schema))
+        for statement in durable_settings_sql(settings, database=database.name) if settings else []:
+            self.admin.execute(statement)
+        if after_create is not None:
+            after_create()
+        yield database
+        if not (shared or database.keep):
+            self.drop_later(database.name)
 
     def create(self, label: str, schema: SchemaSource = None) -> str:
         """A fresh database for one test; `label` (the test name) makes it recognisable."""
@@ -225,56 +248,3 @@ class _Dropper:
                     self._errors.append(f"{name}: {exc}")
         if admin is not None:
             admin.close()
-
-
-# --- rollback mode ---------------------------------------------------------------------------
-
-
-def rollback_engine_kwargs() -> dict[str, Any]:
-    """Pool settings for rollback mode: exactly one connection, never reset by the pool.
-
-    No pre-ping either: psycopg's ping switches the connection to autocommit, which it refuses
-    mid-transaction, and the one pinned connection cannot be replaced without losing the test's work.
-    """
-    return {"pool_size": 1, "max_overflow": 0, "pool_reset_on_return": None, "pool_pre_ping": False}
-
-
-def begin_outer_transaction(connection: sqlalchemy.Connection) -> None:
-    """Open the outer transaction on the pool's only connection, then turn the dialect's
-    begin/commit/rollback into savepoint operations inside it.
-
-    Call with a Connection from an engine made with rollback_engine_kwargs(); for an
-    AsyncEngine, through AsyncConnection.run_sync(). The dialect's first connect (which calls
-    the real rollback) has happened by now, so replacing its methods is safe.
-    """
-    dbapi_connection = connection.connection.dbapi_connection
-    dbapi.execute(
-        dbapi_connection, "SELECT 1"
-    )  # Every driver starts its implicit transaction here.
-    # Instance attributes shadow the dialect class's methods for this engine only.
-    for method, replacement in (
-        ("do_begin", _begin_unit),
-        ("do_commit", _commit_unit),
-        ("do_rollback", _rollback_unit),
-    ):
-        setattr(connection.dialect, method, replacement)
-
-
-def rollback_outer_transaction(connection: sqlalchemy.Connection) -> None:
-    """Undo everything the test did: the driver's real rollback of the outer transaction."""
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None
-    dbapi_connection.rollback()
-
-
-def _begin_unit(dbapi_connection: Any) -> None:
-    dbapi.execute(dbapi_connection, f"SAVEPOINT {_UNIT_SAVEPOINT}")
-
-
-def _commit_unit(dbapi_connection: Any) -> None:
-    dbapi.execute(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")
-
-
-def _rollback_unit(dbapi_connection: Any) -> None:
-    dbapi.execute(dbapi_connection, f"ROLLBACK TO SAVEPOINT {_UNIT_SAVEPOINT}")
-    dbapi.execute(dbapi_connection, f"RELEASE SAVEPOINT {_UNIT_SAVEPOINT}")

@@ -1,0 +1,37 @@
+"""Where servers run. `make_backend(config)` turns --pgtopo-backend into a Backend."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Backend, PgBouncerHandle, PostgresHandle, ServerHandle
+from .external import ExternalBackend
+from .local import LocalBackend
+
+if TYPE_CHECKING:  # The config layer sits above backends; only its type is needed here.
+    from ..config import PgtopoConfig
+
+__all__ = [
+    "Backend",
+    "ExternalBackend",
+    "LocalBackend",
+    "PgBouncerHandle",
+    "PostgresHandle",
+    "ServerHandle",
+    "make_backend",
+]
+
+
+def make_backend(config: PgtopoConfig) -> Backend:
+    """The backend --pgtopo-backend names; `auto` means local (Docker is not implemented yet)."""
+    if config.backend == "external":
+        assert config.external_url is not None  # config refuses external without a URL.
+        return ExternalBackend(config.external_url)
+    return LocalBackend(
+        pg_bindir=config.pg_bindir,
+        pg_bindir_source=config.source_of("pg_bindir"),
+        pgbouncer_bin=config.pgbouncer_bin,
+        tmp_root=config.tmpdir,
+        keep=config.keep,
+        requested=config.backend,
+    )

@@ -1,0 +1,220 @@
+"""The embedded default backend: server processes on this machine, no Docker.
+
+It owns what every local server shares (binaries, the OS user, the run's workspace, the
+initdb cache) and is created lazily, so a suite that never asks for a topology pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+
+from ..endpoint import Endpoint
+from ..errors import PgtopoError
+from ..runners import local
+from ..servers.binaries import PgBinaries, find_pg_binaries
+from ..servers.certificates import ServerTls
+from ..servers.initdb_cache import CachedCluster, cached_cluster, default_cache_root
+from ..servers.pgbouncer import PgBouncer, PgBouncerBinary, check_settings, find_pgbouncer
+from ..servers.postgres import PostgresServer
+from ..servers.process import cleanup_on_error
+from ..tls import TlsClient
+from ..workspace import Workspace, default_root
+from .base import PostgresHandle, ServerHandle
+
+
+class LocalBackend:
+    """Servers as processes of this machine, as an unprivileged OS user when pytest is root."""
+
+    def __init__(
+        self,
+        *,
+        pg_bindir: Path | None = None,
+        pg_bindir_source: str = "default",
+        pgbouncer_bin: Path | None = None,
+        tmp_root: Path | None = None,
+        keep: bool = False,
+        requested: str = "local",
+    ) -> None:
+        self._pg_bindir = pg_bindir
+        self._pg_bindir_source = pg_bindir_source
+        self._pgbouncer_bin = pgbouncer_bin
+        self._tmp_root = tmp_root or default_root()
+        self.keep = keep
+        self.requested = requested
+        """How the user chose it (local, or auto), for the report header."""
+        self.user = local.server_user()
+        self._workspace: Workspace | None = None
+        self._started: list[ServerHandle] = []
+
+    # --- what every local server shares ------------------------------------------------------
+
+    @cached_property
+    def binaries(self) -> PgBinaries:
+        return find_pg_binaries(self._pg_bindir, self._pg_bindir_source)
+
+    @cached_property
+    def pgbouncer_binary(self) -> PgBouncerBinary:
+        return find_pgbouncer(self._pgbouncer_bin)
+
+    @property
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = Workspace(self._tmp_root, self.user, keep=self.keep)
+        return self._workspace
+
+    @property
+    def workspace_path(self) -> Path | None:
+        """The workspace directory, or None if nothing was started."""
+        return self._workspace.path if self._workspace is not None else None
+
+    @cached_property
+    def cluster(self) -> CachedCluster:
+        staging = self.workspace.subdir("initdb")
+        return cached_cluster(self.binaries, self.user, default_cache_root(), staging)
+
+    # --- the Backend protocol ----------------------------------------------------------------
+
+    def describe(self) -> str:
+        try:
+            found = self.binaries
+            server = f"PostgreSQL {found.short_version} from {found.bindir} ({found.source})"
+        except PgtopoError as exc:
+            server = f"no PostgreSQL binaries: {str(exc).splitlines()[0]}"
+        return f"{self.requested}, {server}"
+
+    def unavailable(self, topology: str) -> str | None:
+        return None  # Every topology runs locally once its binaries are found.
+
+    def start_postgres(
+        self,
+        name: str,
+        *,
+        settings: Mapping[str, str] | None = None,
+        hba: str | None = None,
+        tls: ServerTls | None = None,
+        client_tls: TlsClient | None = None,
+    ) -> PostgresServer:
+        server = self._new_postgres(name, settings, hba=hba, client_tls=client_tls)
+        with cleanup_on_error() as on_error:
+            on_error(server.stop)
+            if tls is not None:
+                cert, key, ca = self._server_tls_files(server.directory, tls)
+                server.settings.update(ssl="on", ssl_cert_file=cert, ssl_key_file=key)
+                if ca is not None:
+                    server.settings["ssl_ca_file"] = ca
+            server.start_from(self.cluster)
+        return server
+
+    def start_standby(self, name: str, primary: PostgresHandle, slot: str) -> PostgresServer:
+        server = self._new_postgres(name, None)
+        with cleanup_on_error() as on_error:
+            on_error(server.stop)
+            server.start_standby_of(primary.endpoint, slot)
+        return server
+
+    def check_pgbouncer_settings(self, settings: Mapping[str, str]) -> None:
+        check_settings(self.pgbouncer_binary, settings)
+
+    def start_pgbouncer(
+        self,
+        name: str,
+        upstream: Endpoint,
+        settings: Mapping[str, str],
+        *,
+        tls: ServerTls | None = None,
+        client_tls: TlsClient | None = None,
+    ) -> PgBouncer:
+        self.check_pgbouncer_settings(settings)
+        directory = self.workspace.subdir(name)
+        all_settings = dict(settings)
+        if tls is not None:
+            cert, key, ca = self._server_tls_files(directory, tls)
+            all_settings.update(
+                client_tls_sslmode="require", client_tls_cert_file=cert, client_tls_key_file=key
+            )
+            if ca is not None:
+                all_settings["client_tls_ca_file"] = ca
+        pgbouncer = PgBouncer(
+            self.pgbouncer_binary,
+            self.user,
+            directory,
+            upstream,
+            all_settings,
+            client_tls=client_tls,
+            keep=self.keep,
+        )
+        with cleanup_on_error() as on_error:
+            on_error(pgbouncer.stop)
+            pgbouncer.start()
+        self._started.append(pgbouncer)
+        return pgbouncer
+
+    def client_files(self, name: str, files: Mapping[str, bytes]) -> dict[str, Path]:
+        directory = self.workspace.subdir(name)
+        written = {}
+        for file_name, data in files.items():
+            path = directory / file_name
+            path.write_bytes(data)
+            path.chmod(
+                0o600
+            )  # libpq refuses a client key others can read; the rest may as well be private.
+            written[file_name] = path
+        return written
+
+    def keep_report(self) -> list[str]:
+        pids = [str(handle.pid) for handle in self._started if handle.pid is not None]
+        if self._workspace is None or not pids:
+            return []
+        waits = " ".join(pids)
+        return [
+            f"data, sockets and logs: {self._workspace.path}",
+            f"stop them with: kill -INT {waits}; "
+            f"while kill -0 {waits} 2>/dev/null; do sleep 0.1; done; rm -rf {self._workspace.path}",
+        ]
+
+    def close(self) -> None:
+        """Remove the workspace (servers must be stopped first); kept runs leave it in place."""
+        if self._workspace is not None and not self.keep:
+            self._workspace.remove()
+            self._workspace = None
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _new_postgres(
+        self,
+        name: str,
+        settings: Mapping[str, str] | None,
+        *,
+        hba: str | None = None,
+        client_tls: TlsClient | None = None,
+    ) -> PostgresServer:
+        server = PostgresServer(
+            name,
+            self.binaries,
+            self.user,
+            self.workspace.subdir(name),
+            settings=settings,
+            hba=hba,
+            client_tls=client_tls,
+            keep=self.keep,
+        )
+        self._started.append(server)
+        return server
+
+    def _server_tls_files(self, directory: Path, tls: ServerTls) -> tuple[str, str, str | None]:
+        """Write a server's certificate, key (0600: servers refuse a key others can read) and
+        client CA into its own directory, owned by the server's OS user."""
+        files = {"server.crt": tls.cert_pem, "server.key": tls.key_pem}
+        if tls.client_ca_pem is not None:
+            files["client-ca.pem"] = tls.client_ca_pem
+        for file_name, data in files.items():
+            path = directory / file_name
+            path.write_bytes(data)
+            path.chmod(0o600 if file_name.endswith(".key") else 0o644)
+            if not self.user.is_current:
+                os.chown(path, self.user.uid, self.user.gid)
+        ca = str(directory / "client-ca.pem") if tls.client_ca_pem is not None else None
+        return str(directory / "server.crt"), str(directory / "server.key"), ca
