@@ -23,7 +23,7 @@ from .errors import (
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
 from .recipes.iam import fresh_token_on_connect
 from .recipes.pool_metrics import register_pool_gauges
-from .recipes.pooler import Pooler, durable_settings_sql
+from .recipes.pooler import PgBouncerPooler, Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
 from .recipes.tenancy import search_path_on_connect, search_path_value, tenant
 from .recipes.transaction_settings import aset_local, set_local
@@ -48,6 +48,7 @@ __all__ = [
     "Finding",
     "IsolationMode",
     "MultiHostEndpoint",
+    "PgBouncerPooler",
     "PgtopoAuditError",
     "PgtopoError",
     "PgtopoWarning",

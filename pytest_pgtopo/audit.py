@@ -20,6 +20,7 @@ from sqlalchemy.pool import Pool
 
 from . import dbapi, drivers
 from .pgbouncer_facts import TRACKED_STARTUP_PARAMETERS
+from .recipes.pooler import PgBouncerPooler, keeps_prepared_statements
 from .recipes.settings import application_name_problem
 
 # The plugin's own engines (schema loading) carry this name and are not audited.
@@ -35,6 +36,9 @@ class Target:
     """PgBouncer's pool_mode ("transaction", "session", "statement"), or None for a server."""
     tls: bool = False
     """Whether the server (or pooler) offers TLS, so a client should verify it."""
+    pgbouncer: PgBouncerPooler | None = None
+    """What that PgBouncer does, when known: one that tracks prepared statements makes them
+    safe for the drivers proven through it."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,19 @@ def audit_parameters(
                 "use create_async_engine with asyncpg or psycopg (psycopg2 and pg8000 are sync-only)",
             )
         )
-    if target.pooler == "transaction" and facts.prepared_statements:
+    kept = target.pgbouncer is not None and keeps_prepared_statements(
+        target.pgbouncer, drivers.get(driver)
+    )
+    if target.pooler == "transaction" and facts.prepared_statements and not kept:
         findings.append(
             Finding(
                 "prepared-statements-behind-pooler",
                 f"{driver} keeps server-side prepared statements behind PgBouncer in transaction "
                 "mode; they vanish or collide across server connections",
                 "create_engine(..., pooler='transaction') (asyncpg statement_cache_size=0 and "
-                "prepared_statement_cache_size=0; psycopg prepare_threshold=None)",
+                "prepared_statement_cache_size=0; psycopg prepare_threshold=None); or, where "
+                "PgBouncer 1.21+ tracks them (max_prepared_statements > 0), pooler=<its "
+                "PgBouncerPooler> (a topology's .pooler) to keep them",
             )
         )
     refused = sorted(set(facts.startup) - TRACKED_STARTUP_PARAMETERS)

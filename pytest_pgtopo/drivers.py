@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from . import dbapi
 from .errors import DriverNotInstalledError, DriverUnsupportedError
+from .pgbouncer_facts import Version
 from .tls import TlsClient
 
 Kind = Literal["sync", "async"]
@@ -226,6 +227,10 @@ class Driver:
     autocommit_behind_pooler: bool = True
     """False if AUTOCOMMIT breaks behind a transaction pooler (pg8000: its unnamed prepared
     statement is parsed on one server connection and executed on another)."""
+    prepared_statements_through_pgbouncer: Callable[[Version], bool] | None = None
+    """Given a PgBouncer version that tracks prepared statements (max_prepared_statements > 0,
+    transaction mode), whether this driver's server-side prepared statements were proven to stay
+    correct through it; None for drivers that keep none (their recipe has nothing to turn off)."""
 
     def supports(self, kind: Kind) -> bool:
         return kind in self.kinds
@@ -287,6 +292,20 @@ def _pg8000_script(connection: Any, sql: str) -> None:
 
 # Each quirk below is a named field with the reason beside it; as seen with asyncpg 0.32,
 # psycopg 3.3, psycopg2 2.9 and pg8000 1.31 (SQLAlchemy 2.1), which the test suite runs.
+def _asyncpg_through_pgbouncer(version: Version) -> bool:
+    # Protocol-level Parse/Close with named statements: what PgBouncer 1.21+ tracks and
+    # re-prepares on whichever server connection the client gets.
+    return version >= (1, 21, 0)
+
+
+def _psycopg_through_pgbouncer(version: Version) -> bool:
+    # psycopg deallocates with a protocol-level Close only on libpq 17+ (older libpq sends a
+    # DEALLOCATE statement, which PgBouncer does not track); PgBouncer tracks Close since 1.22.
+    import psycopg
+
+    return version >= (1, 22, 0) and psycopg.pq.version() >= 170000
+
+
 DRIVERS: dict[str, Driver] = {
     driver.name: driver
     for driver in (
@@ -306,6 +325,7 @@ DRIVERS: dict[str, Driver] = {
             facts=_asyncpg_facts,
             connect_autocommit=None,  # No sync API: never the admin connection.
             run_script=dbapi.execute,
+            prepared_statements_through_pgbouncer=_asyncpg_through_pgbouncer,
         ),
         Driver(
             name="psycopg",
@@ -324,6 +344,7 @@ DRIVERS: dict[str, Driver] = {
             connect_autocommit=_connect_psycopg,
             # Without parameters, one execute() may hold several statements.
             run_script=dbapi.execute,
+            prepared_statements_through_pgbouncer=_psycopg_through_pgbouncer,
         ),
         Driver(
             name="psycopg2",

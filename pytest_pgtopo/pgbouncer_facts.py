@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 import signal
+from typing import Literal
 
 from .errors import BinaryNotFoundError
 
 Version = tuple[int, int, int]
+PoolMode = Literal["session", "transaction", "statement"]
+POOL_MODES: tuple[PoolMode, ...] = ("session", "transaction", "statement")
 
 # Settings newer than some installed PgBouncers, with the release that added them. Not
 # exhaustive: it covers the names people copy from current docs. All were checked to make
@@ -42,6 +45,12 @@ def parse_version(text: str) -> Version:
 def knows(version: Version, setting: str) -> bool:
     """Whether PgBouncer `version` accepts `setting` in pgbouncer.ini."""
     return version >= VERSION_GATED_SETTINGS.get(setting, (0, 0, 0))
+
+
+def default_max_prepared_statements(version: Version) -> int:
+    """max_prepared_statements when pgbouncer.ini does not set it: 200 since 1.24 (tracking on
+    by default), 0 in 1.21-1.23 (the setting exists, tracking is off), absent before 1.21."""
+    return 200 if version >= (1, 24, 0) else 0
 
 
 def immediate_shutdown_signal(version: Version) -> signal.Signals:

@@ -400,20 +400,22 @@ async def pg_engine(
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def pgbouncer_sync_engine(
-    pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    pg_bouncer_database: Endpoint, pg_bouncer: BouncerTopology, pgtopo_engine_recipe: EngineRecipe
 ) -> Iterator[sqlalchemy.Engine]:
-    """A sync Engine through pg_bouncer, built with create_engine(..., pooler="transaction")."""
-    yield from pgtopo_engine_recipe.sync_engine(pg_bouncer_database, pooler="transaction")
+    """A sync Engine through pg_bouncer, built with create_engine(..., pooler=pg_bouncer.pooler):
+    prepared statements stay on where that PgBouncer tracks them and the driver is proven safe."""
+    yield from pgtopo_engine_recipe.sync_engine(pg_bouncer_database, pooler=pg_bouncer.pooler)
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def pgbouncer_engine(
-    pg_bouncer_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    pg_bouncer_database: Endpoint, pg_bouncer: BouncerTopology, pgtopo_engine_recipe: EngineRecipe
 ) -> AsyncIterator[AsyncEngine]:
-    """An AsyncEngine through pg_bouncer, built with create_async_engine(..., pooler=...)."""
+    """An AsyncEngine through pg_bouncer, built with create_async_engine(...,
+    pooler=pg_bouncer.pooler)."""
     async for engine in pgtopo_engine_recipe.async_engine(
-        pg_bouncer_database, pooler="transaction"
+        pg_bouncer_database, pooler=pg_bouncer.pooler
     ):
         yield engine
 

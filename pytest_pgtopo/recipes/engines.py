@@ -38,9 +38,11 @@ def engine_arguments(
 ) -> tuple[sqlalchemy.URL, dict[str, Any]]:
     """The URL and create_engine() keyword arguments the recipes use, for inspection or reuse.
 
-    With `pooler="transaction"` (PgBouncer in transaction mode) prepared-statement caches go
-    off and only the startup parameters the pooler accepts are sent; apply the rest with
-    `durable_settings_sql()` on the server. `tls_mode` overrides how a TLS endpoint verifies
+    Behind a PgBouncer (`pooler=`), only the startup parameters it tracks are sent; apply the
+    rest with `durable_settings_sql()` on the server. `pooler="transaction"` turns every
+    prepared-statement cache off (safe behind any PgBouncer in transaction mode); a
+    `PgBouncerPooler` (a topology's `.pooler`) keeps a driver's caches on where that PgBouncer
+    tracks prepared statements and the driver was proven safe through it. `tls_mode` overrides how a TLS endpoint verifies
     the server: "require" encrypts without checking who answers (weaker; see README).
     """
     if tls_mode is not None:
@@ -50,10 +52,16 @@ def engine_arguments(
     spec.require_installed()
     kwargs = dict(engine_kwargs)
     startup = settings.server_settings()
-    if pooler == "transaction":
-        client = dataclasses.replace(client, prepared_statements=False)
+    if pooler is not None:
+        pgbouncer = pooler_module.as_pgbouncer(pooler)
+        pooler_module.check_address(pgbouncer, endpoint)
+        # Any PgBouncer refuses startup parameters it does not track, whatever its pool mode.
         startup = pooler_module.startup_settings(settings, spec)
-        if kwargs.get("isolation_level") == "AUTOCOMMIT" and not spec.autocommit_behind_pooler:
+        if not pooler_module.keeps_prepared_statements(pgbouncer, spec):
+            client = dataclasses.replace(client, prepared_statements=False)
+        transaction_pooling = pgbouncer.pool_mode != "session"
+        autocommit = kwargs.get("isolation_level") == "AUTOCOMMIT"
+        if transaction_pooling and autocommit and not spec.autocommit_behind_pooler:
             raise DriverUnsupportedError(
                 f"driver {driver!r} fails in AUTOCOMMIT behind a transaction pooler (its unnamed "
                 "statement is parsed on one server connection and executed on another); use "

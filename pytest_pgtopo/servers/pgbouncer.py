@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..admin import AdminConnection
 from ..endpoint import Endpoint
@@ -33,9 +33,6 @@ from ..runners.local import OsUser
 from ..tls import TlsClient
 from ..types import LOOPBACK
 from .process import ServerProcess
-
-PoolMode = Literal["session", "transaction", "statement"]
-POOL_MODES: tuple[PoolMode, ...] = ("session", "transaction", "statement")
 
 ENV_BIN = "PGTOPO_PGBOUNCER_BIN"
 # Checked after the explicit path, $PGTOPO_PGBOUNCER_BIN and PATH (Debian puts it in /usr/sbin,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ from ..audit import Target
 from ..backends.base import Backend, PgBouncerHandle, PostgresHandle, ServerHandle
 from ..endpoint import Endpoint
 from ..errors import PgtopoError
+from ..pgbouncer_facts import POOL_MODES, PoolMode
+from ..recipes.pooler import PgBouncerPooler
 from ..servers.certificates import issue_certificates
-from ..servers.pgbouncer import POOL_MODES, PoolMode
 from ..servers.process import cleanup_on_error
 from ..tls import TlsClient
 from .base import Topology
@@ -86,6 +88,13 @@ class BouncerTopology(Topology):
     def bouncer(self) -> Endpoint:
         return self.pgbouncer.endpoint
 
+    @cached_property
+    def pooler(self) -> PgBouncerPooler:
+        """What this PgBouncer really does (version, pool mode, effective
+        max_prepared_statements), read from its admin console: pass it as `pooler=` to
+        create_engine / create_async_engine for engines on `.bouncer`."""
+        return PgBouncerPooler.read(self.bouncer)
+
     @property
     def client_endpoint(self) -> Endpoint:
         return self.bouncer
@@ -106,14 +115,15 @@ class BouncerTopology(Topology):
     def audit_targets(self) -> dict[int, Target]:
         tls = self.pgbouncer.client_tls is not None
         return {
-            self.bouncer.port: Target(pooler=self.options.pool_mode, tls=tls),
+            self.bouncer.port: Target(
+                pooler=self.options.pool_mode, tls=tls, pgbouncer=self.pooler
+            ),
             self.primary.port: Target(),
         }
 
     def describe(self) -> str:
         return (
-            f"pg_bouncer bouncer ({self.options.pool_mode} pooling, PgBouncer "
-            f"{'.'.join(map(str, self.pgbouncer.version))}): {self.bouncer.describe()}\n"
+            f"pg_bouncer bouncer ({self.pooler.describe()}): {self.bouncer.describe()}\n"
             f"pg_bouncer primary: {self.primary.describe()}"
         )
 
