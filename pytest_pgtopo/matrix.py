@@ -50,6 +50,29 @@ def engine_fixture(kind: Kind, *, multi_host: bool = False) -> Callable[[F], F]:
     return register
 
 
+TOPOLOGY_FIXTURES: set[str] = set()
+"""Fixtures that start a topology; filled by @topology_fixture as plugin.py defines them."""
+
+
+def topology_fixture(function: F) -> F:
+    """Register the decorated function, under its own name, as a fixture that starts servers:
+    every test that needs it, directly or not, runs once per selected PostgreSQL version."""
+    TOPOLOGY_FIXTURES.add(function.__name__)
+    return function
+
+
+def version_plan(majors: Sequence[int], fixturenames: Iterable[str]) -> list[int]:
+    """The server-version axis: the majors a test runs on, or [] when it needs no
+    parametrizing (it starts no topology, or one version is selected)."""
+    if len(majors) < 2 or TOPOLOGY_FIXTURES.isdisjoint(fixturenames):
+        return []
+    return list(majors)
+
+
+def version_id(major: int) -> str:
+    return f"pg{major}"
+
+
 def needs_of(fixturenames: Iterable[str]) -> set[EngineFixture]:
     """What the engine fixtures among `fixturenames` need; other fixtures need nothing."""
     return {ENGINE_FIXTURES[name] for name in fixturenames if name in ENGINE_FIXTURES}
@@ -90,18 +113,8 @@ class Plan:
     skip_reason: str | None = None
 
 
-def plan(
-    selected: Sequence[str],
-    needs: Collection[EngineFixture],
-    *,
-    versions: Sequence[str] = (),
-) -> Plan:
-    """The matrix for a test needing `needs`, given the drivers chosen by --pgtopo-driver.
-
-    `versions` is room for a server-version axis; there is none yet, so it must stay empty.
-    """
-    if versions:
-        raise NotImplementedError("pgtopo: the server-version axis of the matrix is not built yet")
+def plan(selected: Sequence[str], needs: Collection[EngineFixture]) -> Plan:
+    """The driver axis for a test needing `needs`, given the drivers chosen by --pgtopo-driver."""
     if not needs or not selected:
         return Plan()  # No engine, or no choice made: the per-fixture default.
     usable = tuple(name for name in selected if _serves_all(name, needs))

@@ -56,10 +56,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     try:
-        resolved = config_module.resolve(config)
+        session = PgtopoSession(config_module.resolve(config))
+        if session.config.pg_version:
+            session.server_builds()  # A version that is not installed: a usage error, now.
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    session = PgtopoSession(resolved)
     config.stash[SESSION_KEY] = session
     if session.config.audit != "off":
         # Class-level listeners: every Engine the run creates, the application's own included.
@@ -78,16 +79,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[SESSION_KEY]
     cfg = session.config
     chosen = ",".join(cfg.driver) or "defaults (asyncpg async, psycopg sync)"
-    where = session.backend.describe()
+    where = session.describe_backends()
     return [f"pgtopo: backend={where}, drivers={chosen}, isolation={cfg.isolation}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run each engine test once per selected driver that can serve all its engine fixtures."""
+    """Run each topology test once per selected PostgreSQL version, and each engine test once
+    per selected driver that can serve all its engine fixtures."""
+    session = metafunc.config.stash[SESSION_KEY]
+    # Only a version option can make more than one server: without it, no discovery here.
+    selected = session.pg_majors() if session.config.pg_version else []
+    majors = matrix.version_plan(selected, metafunc.fixturenames)
+    if majors and not _parametrized_directly(metafunc, "pgtopo_pg_version"):
+        ids = [matrix.version_id(major) for major in majors]
+        metafunc.parametrize("pgtopo_pg_version", majors, indirect=True, scope="session", ids=ids)
     needs = matrix.needs_of(metafunc.fixturenames)
-    if not needs or _parametrized_directly(metafunc):
+    if not needs or _parametrized_directly(metafunc, "pgtopo_driver"):
         return
-    plan = matrix.plan(metafunc.config.stash[SESSION_KEY].config.driver, needs)
+    plan = matrix.plan(session.config.driver, needs)
     marks = [pytest.mark.skip(reason=plan.skip_reason)] if plan.skip_reason else []
     if plan.drivers:
         params = [pytest.param(name, marks=marks) for name in plan.drivers]
@@ -98,7 +107,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Before fixtures are set up: a pair a previous test promoted or stopped is rebuilt.
     if "pg_replica_pair" in getattr(item, "fixturenames", ()):
-        item.config.stash[SESSION_KEY].restore_replica_pair()
+        item.config.stash[SESSION_KEY].restore_replica_pairs()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -191,23 +200,42 @@ def pgtopo_driver(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_plain(pgtopo_session: PgtopoSession) -> PlainTopology:
+def pgtopo_pg_version(request: pytest.FixtureRequest, pgtopo_session: PgtopoSession) -> int | None:
+    """The PostgreSQL major this test's topologies run (None with the external backend).
+
+    Set per test by --pgtopo-pg-version NN,NN|all (test ids pg15, pg18), or directly with
+    ``@pytest.mark.parametrize("pgtopo_pg_version", [18], indirect=True)``.
+    """
+    if hasattr(request, "param"):
+        return int(request.param)
+    with _skip_if_unavailable():
+        majors = pgtopo_session.pg_majors()
+    return majors[0] if majors else None
+
+
+@pytest.fixture(scope="session")
+@matrix.topology_fixture
+def pg_plain(pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None) -> PlainTopology:
     """One PostgreSQL server, started on first use and stopped at the end of the session."""
-    topology = _topology(pgtopo_session, "plain")
+    topology = _topology(pgtopo_session, "plain", pgtopo_pg_version)
     assert isinstance(topology, PlainTopology)
     return topology
 
 
 @pytest.fixture(scope="session")
-def pg_bouncer(pgtopo_session: PgtopoSession) -> BouncerTopology:
+@matrix.topology_fixture
+def pg_bouncer(pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None) -> BouncerTopology:
     """PgBouncer in transaction-pool mode in front of its own PostgreSQL server."""
-    topology = _topology(pgtopo_session, "bouncer")
+    topology = _topology(pgtopo_session, "bouncer", pgtopo_pg_version)
     assert isinstance(topology, BouncerTopology)
     return topology
 
 
 @pytest.fixture(scope="session")
-def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTopology]:
+@matrix.topology_fixture
+def pg_bouncer_factory(
+    pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None
+) -> Callable[..., BouncerTopology]:
     """Build PgBouncer topologies with other options, for your own session fixtures::
 
         @pytest.fixture(scope="session")
@@ -221,21 +249,25 @@ def pg_bouncer_factory(pgtopo_session: PgtopoSession) -> Callable[..., BouncerTo
 
     def build(**options: Any) -> BouncerTopology:
         with _skip_if_unavailable():
-            return pgtopo_session.custom_bouncer(BouncerOptions(**options))
+            return pgtopo_session.custom_bouncer(BouncerOptions(**options), pgtopo_pg_version)
 
     return build
 
 
 @pytest.fixture(scope="session")
-def pg_tls(pgtopo_session: PgtopoSession) -> TlsTopology:
+@matrix.topology_fixture
+def pg_tls(pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None) -> TlsTopology:
     """A server that accepts TLS only; its certificate comes from a trustme CA at `.ca_path`."""
-    topology = _topology(pgtopo_session, "tls")
+    topology = _topology(pgtopo_session, "tls", pgtopo_pg_version)
     assert isinstance(topology, TlsTopology)
     return topology
 
 
 @pytest.fixture(scope="session")
-def pg_tls_factory(pgtopo_session: PgtopoSession) -> Callable[..., TlsTopology]:
+@matrix.topology_fixture
+def pg_tls_factory(
+    pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None
+) -> Callable[..., TlsTopology]:
     """Build TLS topologies with other options (TlsOptions fields)::
 
     @pytest.fixture(scope="session")
@@ -245,19 +277,22 @@ def pg_tls_factory(pgtopo_session: PgtopoSession) -> Callable[..., TlsTopology]:
 
     def build(**options: Any) -> TlsTopology:
         with _skip_if_unavailable():
-            return pgtopo_session.custom_tls(TlsOptions(**options))
+            return pgtopo_session.custom_tls(TlsOptions(**options), pgtopo_pg_version)
 
     return build
 
 
 @pytest.fixture(scope="session")
-def pg_replica_pair(pgtopo_session: PgtopoSession) -> ReplicaTopology:
+@matrix.topology_fixture
+def pg_replica_pair(
+    pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None
+) -> ReplicaTopology:
     """A primary and a streaming hot-standby replica, with `.stable` following the primary.
 
     A test may promote() or stop_primary(): the next test that asks for the pair gets a
     freshly built one.
     """
-    topology = _topology(pgtopo_session, "replica")
+    topology = _topology(pgtopo_session, "replica", pgtopo_pg_version)
     assert isinstance(topology, ReplicaTopology)
     return topology
 
@@ -520,19 +555,19 @@ def _skip_if_unavailable() -> Iterator[None]:
         pytest.skip(f"pytest-pgtopo: {exc}")
 
 
-def _topology(session: PgtopoSession, name: str) -> Topology:
-    """Topology `name`, started on first use; a test skips, saying why, if the backend
-    cannot provide it."""
+def _topology(session: PgtopoSession, name: str, major: int | None) -> Topology:
+    """Topology `name` on PostgreSQL `major`, started on first use; a test skips, saying why,
+    if the backend cannot provide it."""
     with _skip_if_unavailable():
-        return session.topology(name)
+        return session.topology(name, major)
     raise AssertionError("unreachable: pytest.skip raises")
 
 
-def _parametrized_directly(metafunc: pytest.Metafunc) -> bool:
+def _parametrized_directly(metafunc: pytest.Metafunc, argname: str) -> bool:
     for marker in metafunc.definition.iter_markers("parametrize"):
         argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
         names = argnames.split(",") if isinstance(argnames, str) else list(argnames)
-        if "pgtopo_driver" in (name.strip() for name in names):
+        if argname in (name.strip() for name in names):
             return True
     return False
 

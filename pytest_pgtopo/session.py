@@ -16,7 +16,14 @@ from .backends import Backend, make_backend
 from .config import PgtopoConfig
 from .databases import Databases
 from .endpoint import Endpoint
-from .errors import PgtopoAuditError, PgtopoWarning, TopologyUnavailableError
+from .errors import (
+    ConfigError,
+    PgtopoAuditError,
+    PgtopoError,
+    PgtopoWarning,
+    TopologyUnavailableError,
+)
+from .servers.binaries import PgBinaries, find_all_pg_binaries, select_versions
 from .servers.process import release_all
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
@@ -45,48 +52,95 @@ class PgtopoSession:
     kept_databases: list[KeptDatabase] = field(default_factory=list)
     audit_findings: list[tuple[str, Finding]] = field(default_factory=list)
     audit_seen: set[tuple[str, str]] = field(default_factory=set)
-    _backend: Backend | None = None
+    _backends: dict[int | None, Backend] = field(default_factory=dict)
+    _builds: list[PgBinaries] | None = None
     _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
+
+    # --- servers: one build and one backend per selected PostgreSQL major --------------------
+
+    def server_builds(self) -> list[PgBinaries]:
+        """The PostgreSQL builds this run's topologies use, ascending by major: those
+        --pgtopo-pg-version selects, else one (the newest of --pgtopo-pg-bindir if given, else
+        the newest found). Empty for the external backend. Raises ConfigError for a version
+        that is not installed, BinaryNotFoundError when nothing is."""
+        if self._builds is None:
+            self._builds = [] if self.config.backend == "external" else self._select_builds()
+        return self._builds
+
+    def _select_builds(self) -> list[PgBinaries]:
+        option = self.config.source_of("pg_bindir")
+        found = find_all_pg_binaries(self.config.pg_bindir, option)
+        if self.config.pg_bindir and not self.config.pg_version:
+            # A bindir named by the user is the one meant, even with a newer one installed.
+            found = {major: b for major, b in found.items() if b.source == option} or found
+        try:
+            return select_versions(
+                found, self.config.pg_version, self.config.source_of("pg_version")
+            )
+        except ValueError as exc:
+            raise ConfigError(f"pytest-pgtopo: {exc}") from None
+
+    def pg_majors(self) -> list[int]:
+        return [build.major for build in self.server_builds()]
+
+    def backend_for(self, major: int | None = None) -> Backend:
+        """The backend running servers of PostgreSQL `major` (None: the run's only or first
+        one); made on first use, so a run that starts nothing looks for no binaries."""
+        builds = {build.major: build for build in self.server_builds()}
+        if major is None and builds:
+            major = next(iter(builds))
+        if major not in self._backends:
+            self._backends[major] = make_backend(self.config, builds.get(major) if major else None)
+        return self._backends[major]
+
+    def describe_backends(self) -> str:
+        """For the report header: each backend in use and its server build."""
+        try:
+            majors: list[int | None] = [*self.pg_majors()]
+        except PgtopoError:
+            return make_backend(self.config).describe()  # Says what is missing and where it looked.
+        return "; ".join(self.backend_for(major).describe() for major in majors or [None])
 
     @property
     def backend(self) -> Backend:
-        """Where this run's servers run; made on first use, so a run that starts nothing
-        looks for no binaries."""
-        if self._backend is None:
-            self._backend = make_backend(self.config)
-        return self._backend
+        """The backend of the run's first (or only) PostgreSQL version."""
+        return self.backend_for(None)
 
-    def topology(self, name: str) -> Topology:
-        """The running topology `name` (plain, bouncer, tls, replica), started on first use."""
-        if name not in self.topologies:
-            self.topologies[name] = self._start(name, lambda: TOPOLOGY_STARTERS[name](self.backend))
-        return self.topologies[name]
+    # --- topologies ---------------------------------------------------------------------------
 
-    def custom_bouncer(self, options: BouncerOptions) -> BouncerTopology:
+    def topology(self, name: str, major: int | None = None) -> Topology:
+        """The running topology `name` (plain, bouncer, tls, replica) on PostgreSQL `major`,
+        started on first use."""
+        return self._get(name, major, "", lambda b: TOPOLOGY_STARTERS[name](b))
+
+    def custom_bouncer(self, options: BouncerOptions, major: int | None = None) -> BouncerTopology:
         """A PgBouncer topology with non-default options, one per distinct options value."""
-        topology = self._custom(
-            "bouncer", options, lambda: BouncerTopology.start(self.backend, options)
+        topology = self._get(
+            "bouncer", major, str(options), lambda b: BouncerTopology.start(b, options)
         )
         assert isinstance(topology, BouncerTopology)
         return topology
 
-    def custom_tls(self, options: TlsOptions) -> TlsTopology:
+    def custom_tls(self, options: TlsOptions, major: int | None = None) -> TlsTopology:
         """A TLS topology with non-default options (mTLS, other host names)."""
-        topology = self._custom("tls", options, lambda: TlsTopology.start(self.backend, options))
+        topology = self._get("tls", major, str(options), lambda b: TlsTopology.start(b, options))
         assert isinstance(topology, TlsTopology)
         return topology
 
-    def _custom(self, kind: str, options: object, start: Callable[[], Topology]) -> Topology:
-        key = f"{kind} {options}"
+    def _get(
+        self, kind: str, major: int | None, options: str, start: Callable[[Backend], Topology]
+    ) -> Topology:
+        majors = self.pg_majors()
+        if major is None and majors:
+            major = majors[0]
+        key = " ".join(part for part in (kind, options, f"pg{major}" if major else "") if part)
         if key not in self.topologies:
-            self.topologies[key] = self._start(kind, start)
+            backend = self.backend_for(major)
+            reason = backend.unavailable(kind)
+            if reason is not None:
+                raise TopologyUnavailableError(reason)
+            self.topologies[key] = start(backend)
         return self.topologies[key]
-
-    def _start(self, kind: str, start: Callable[[], Topology]) -> Topology:
-        reason = self.backend.unavailable(kind)
-        if reason is not None:
-            raise TopologyUnavailableError(reason)
-        return start()
 
     def audit_target(self, cparams: Mapping[str, Any]) -> Target | None:
         """What is behind the address a connection goes to, if it is one of ours."""
@@ -108,17 +162,17 @@ class PgtopoSession:
         for finding in new:
             warnings.warn(PgtopoWarning(f"pgtopo audit ({where}): {finding}"), stacklevel=2)
 
-    def restore_replica_pair(self) -> None:
-        """Rebuild the replica pair if a test promoted or stopped one of its servers, so the
-        next test that asks for it gets a primary and a streaming replica again."""
-        pair = self.topologies.get("replica")
-        if not isinstance(pair, ReplicaTopology) or not pair.changed:
-            return
-        stale = self._databases.pop((id(pair), id(pair.database_server)), None)
-        if stale is not None:
-            with contextlib.suppress(Exception):  # Its server may be stopped or promoted.
-                stale.close()
-        pair.rebuild()
+    def restore_replica_pairs(self) -> None:
+        """Rebuild each replica pair a test promoted or stopped a server of, so the next test
+        that asks for one gets a primary and a streaming replica again."""
+        for pair in self.topologies.values():
+            if not isinstance(pair, ReplicaTopology) or not pair.changed:
+                continue
+            stale = self._databases.pop((id(pair), id(pair.database_server)), None)
+            if stale is not None:
+                with contextlib.suppress(Exception):  # Its server may be stopped or promoted.
+                    stale.close()
+            pair.rebuild()
 
     def databases(self, topology: Topology) -> Databases:
         """Per-test databases on `topology`'s database server."""
@@ -132,7 +186,7 @@ class PgtopoSession:
     def keep_report(self) -> list[str]:
         """What --pgtopo-keep left behind and a shell line that stops and removes it."""
         lines = [topology.describe() for topology in self.topologies.values()]
-        return lines + (self._backend.keep_report() if self._backend is not None else [])
+        return lines + [line for b in self._backends.values() for line in b.keep_report()]
 
     def close(self) -> None:
         """Drop pending databases, stop every server (unless keep), release the backend.
@@ -141,8 +195,7 @@ class PgtopoSession:
         steps: list[Callable[[], object]] = [d.close for d in self._databases.values()]
         if not self.config.keep:
             steps += [topology.stop for topology in self.topologies.values()]
-        if self._backend is not None:
-            steps.append(self._backend.close)
+        steps += [backend.close for backend in self._backends.values()]
         try:
             release_all(steps, "everything this run started")
         finally:

@@ -8,7 +8,9 @@ PRINT_CONFIG = """
 def test_show(pytestconfig):
     from pytest_pgtopo.plugin import SESSION_KEY
     cfg = pytestconfig.stash[SESSION_KEY].config
-    print("CONFIG", cfg.backend, ",".join(cfg.driver), cfg.keep, cfg.isolation, cfg.pg_bindir,
+    import os
+    bindirs = os.pathsep.join(map(str, cfg.pg_bindir)) or None
+    print("CONFIG", cfg.backend, ",".join(cfg.driver), cfg.keep, cfg.isolation, bindirs,
           cfg.pgbouncer_bin, cfg.tmpdir, *([cfg.audit] if cfg.audit != "off" else []))
     print("SOURCES", dict(cfg.sources))
 """

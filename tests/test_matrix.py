@@ -9,7 +9,16 @@ import pytest
 
 import pytest_pgtopo.plugin  # its @engine_fixture decorators fill ENGINE_FIXTURES
 from pytest_pgtopo import drivers, matrix
-from pytest_pgtopo.matrix import EngineFixture, Plan, default_driver, parse_driver_list, plan
+from pytest_pgtopo.matrix import (
+    TOPOLOGY_FIXTURES,
+    EngineFixture,
+    Plan,
+    default_driver,
+    parse_driver_list,
+    plan,
+    version_id,
+    version_plan,
+)
 
 ASYNC = EngineFixture("async")
 SYNC = EngineFixture("sync")
@@ -161,9 +170,24 @@ def test_plan_skips_every_selected_driver_when_none_can_serve(
     assert plan(selected, needs) == Plan(selected, skip_reason=reason)
 
 
-def test_plan_refuses_a_version_axis_it_does_not_have_yet() -> None:
-    with pytest.raises(NotImplementedError):
-        plan(ALL, {SYNC}, versions=["16"])
+def test_version_axis_covers_every_test_that_starts_a_topology() -> None:
+    # Through an engine fixture's closure as much as directly: pytest hands the whole closure.
+    closure = ["pg_sync_engine", "pg_plain_database", "pg_plain", "pgtopo_session"]
+    assert version_plan([15, 18], closure) == [15, 18]
+    assert version_plan([15, 18], ["pg_bouncer_factory"]) == [15, 18]
+    assert [version_id(m) for m in version_plan([14, 17], ["pg_tls"])] == ["pg14", "pg17"]
+
+
+def test_version_axis_leaves_alone_tests_without_servers_and_single_version_runs() -> None:
+    assert version_plan([15, 18], ["tmp_path", "pgtopo_settings"]) == []
+    assert version_plan([18], ["pg_plain"]) == []
+    assert version_plan([], ["pg_plain"]) == []
+
+
+def test_every_topology_fixture_is_registered() -> None:
+    assert {"pg_plain", "pg_bouncer", "pg_bouncer_factory", "pg_tls", "pg_tls_factory"} | {
+        "pg_replica_pair"
+    } == TOPOLOGY_FIXTURES
 
 
 # --- default_driver ----------------------------------------------------------------------------

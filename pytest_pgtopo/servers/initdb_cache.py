@@ -19,24 +19,31 @@ from pathlib import Path
 from ..runners import local
 from ..runners.local import OsUser
 from .binaries import PgBinaries
+from .wheel_binaries import default_cache_root as default_cache_root
 
 SUPERUSER = "pgtopo"
+# Every flag here exists in initdb 14 through 18 (checked against each one's --help).
 INITDB_ARGS = (
     f"--username={SUPERUSER}",
     "--auth=scram-sha-256",
     "--encoding=UTF8",
     "--locale=C",
     "--no-sync",  # A test cluster never needs to survive a power cut.
+    # PostgreSQL 18 turns data checksums on by default, 14-17 off. Asking for them explicitly
+    # makes every major behave alike, and like 18 and most production clusters (pg_rewind works
+    # without wal_log_hints). --data-checksums exists on 14-18; --no-data-checksums only on 18+.
+    # It cost nothing measurable: initdb 0.41-0.46 s with or without, PostgreSQL 15 on tmpfs.
+    "--data-checksums",
 )
 
 
-def default_cache_root() -> Path:
-    """PGTOPO_CACHE_DIR, else $XDG_CACHE_HOME/pytest-pgtopo, else ~/.cache/pytest-pgtopo."""
-    explicit = os.environ.get("PGTOPO_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-pgtopo"
+def cache_key(binaries: PgBinaries, user: OsUser) -> str:
+    """The name of a cache entry: a new one for another major, build, bindir, user or options."""
+    key_source = "\n".join(
+        [str(binaries.major), binaries.version, str(binaries.bindir), user.name, *INITDB_ARGS]
+    )
+    digest = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    return f"pg{binaries.major}-{binaries.short_version}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,7 @@ def cached_cluster(
     binaries: PgBinaries, user: OsUser, cache_root: Path, staging: Path
 ) -> CachedCluster:
     """Return the cache entry for these binaries, running initdb in `staging` if it is missing."""
-    key_source = "\n".join([binaries.version, str(binaries.bindir), user.name, *INITDB_ARGS])
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    entry = cache_root / f"pg{binaries.short_version}-{key}"
+    entry = cache_root / cache_key(binaries, user)
     cached = _read(entry)
     if cached is not None:
         return cached
