@@ -147,11 +147,16 @@ def _libpq_tls(tls: TlsClient) -> dict[str, Any]:
 
 def _asyncpg_tls(tls: TlsClient) -> dict[str, Any]:
     # asyncpg rejects `sslmode` (TypeError); it takes an SSLContext as `ssl`.
-    return {"ssl": tls.ssl_context()}
+    return {"ssl": tls.ssl_context(), **({"direct_tls": True} if tls.direct else {})}
 
 
 def _pg8000_tls(tls: TlsClient) -> dict[str, Any]:
     # pg8000's default ssl_context (None or True) encrypts WITHOUT verifying the server.
+    if tls.direct:
+        raise DriverUnsupportedError(
+            "pg8000 always asks with an SSLRequest first; it cannot negotiate TLS directly "
+            "(TlsClient(direct=True)): use asyncpg, psycopg or psycopg2 (libpq 17+), or direct=False"
+        )
     return {"ssl_context": tls.ssl_context()}
 
 

@@ -74,6 +74,12 @@ class Endpoint:
             raise ValueError(f"{self.host}:{self.port} is a plain TCP endpoint; it has no TLS mode")
         return dataclasses.replace(self, tls=dataclasses.replace(self.tls, mode=mode))
 
+    def with_direct_tls(self, direct: bool = True) -> Endpoint:
+        """The same endpoint negotiating TLS directly (PostgreSQL 17+; see TlsClient.direct)."""
+        if self.tls is None:
+            raise ValueError(f"{self.host}:{self.port} is a plain TCP endpoint; it has no TLS")
+        return dataclasses.replace(self, tls=dataclasses.replace(self.tls, direct=direct))
+
     def describe(self) -> str:
         """A libpq-style DSN with the password, for printing to the person running the tests."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
