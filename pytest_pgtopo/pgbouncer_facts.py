@@ -33,6 +33,17 @@ TRACKED_STARTUP_PARAMETERS = frozenset(
 )
 
 
+def refused_startup_parameter(version: Version, parameter: str, *, in_options: bool) -> str:
+    """The error PgBouncer `version` gives a client that sends `parameter` at startup, either as
+    a startup parameter of its own (asyncpg, pg8000) or inside libpq's `options` (psycopg,
+    psycopg2). Since 1.20 PgBouncer reads `options` and names the setting inside it."""
+    if in_options and version < (1, 20, 0):
+        return "unsupported startup parameter: options"
+    if in_options:
+        return f"unsupported startup parameter in options: {parameter}"
+    return f"unsupported startup parameter: {parameter}"
+
+
 def parse_version(text: str) -> Version:
     """'PgBouncer 1.18.0' (the first line of `pgbouncer --version`) -> (1, 18, 0)."""
     match = re.search(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?", text)

@@ -8,8 +8,9 @@ Workload: 20 workers on an engine pool of 10, PgBouncer default_pool_size=4,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +27,8 @@ from pytest_pgtopo import (
     create_engine,
     drivers,
 )
+from pytest_pgtopo.pgbouncer_facts import refused_startup_parameter
+from pytest_pgtopo.recipes.pooler import keeps_prepared_statements
 from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.bouncer import BouncerTopology
 
@@ -224,16 +227,56 @@ def test_traffic_is_really_pooled(
         engine.dispose()
 
 
-# --- the naive configurations fail with the real errors --------------------------------------
+# --- the naive configurations: facts about a given PgBouncer ----------------------------------
 
 
-@pytest.mark.parametrize("pgtopo_driver", ["asyncpg"])
+@pytest.fixture(scope="module")
+def untracked_bouncer(
+    pg_bouncer: BouncerTopology, pg_bouncer_factory: Callable[..., BouncerTopology]
+) -> BouncerTopology:
+    """A PgBouncer that does not track prepared statements: the stock one before 1.24 (1.21-1.23
+    only track when told to), one with max_prepared_statements=0 on newer ones."""
+    if not pg_bouncer.pooler.tracks_prepared_statements:
+        return pg_bouncer
+    return pg_bouncer_factory(extra_settings={"max_prepared_statements": "0"})
+
+
+@pytest.fixture(scope="module")
+def tracking_bouncer(
+    pg_bouncer: BouncerTopology, pg_bouncer_factory: Callable[..., BouncerTopology]
+) -> BouncerTopology:
+    """A PgBouncer that tracks prepared statements (1.21+): the stock one since 1.24."""
+    if pg_bouncer.pooler.tracks_prepared_statements:
+        return pg_bouncer
+    version = ".".join(map(str, pg_bouncer.pooler.version))
+    if pg_bouncer.pooler.version < (1, 21, 0):
+        pytest.skip(
+            f"PgBouncer {version} cannot track prepared statements (1.21+ can): point "
+            "PGTOPO_PGBOUNCER_BIN at a newer one (.ci/build-pgbouncer trixie builds 1.24)"
+        )
+    return pg_bouncer_factory(extra_settings={"max_prepared_statements": "200"})
+
+
+@pytest.fixture
+def database_on(
+    request: pytest.FixtureRequest, pgtopo_session: PgtopoSession
+) -> Iterator[Callable[[BouncerTopology], Endpoint]]:
+    """This test's database (the proof schema) reached through any PgBouncer topology."""
+    with contextlib.ExitStack() as stack:
+
+        def make(topology: BouncerTopology) -> Endpoint:
+            databases = pgtopo_session.databases(topology)
+            database = stack.enter_context(databases.for_test(request.node.name, METADATA))
+            return topology.bouncer.with_dbname(database.name)
+
+        yield make
+
+
 async def test_asyncpg_default_statement_cache_breaks(
-    pgbouncer_engine: AsyncEngine, pg_bouncer_database: Endpoint
+    untracked_bouncer: BouncerTopology, database_on: Callable[[BouncerTopology], Endpoint]
 ) -> None:
-    naive = create_async_engine(
-        pg_bouncer_database, "asyncpg", settings=NO_STARTUP_SETTINGS, **POOL
-    )
+    endpoint = database_on(untracked_bouncer)
+    naive = create_async_engine(endpoint, "asyncpg", settings=NO_STARTUP_SETTINGS, **POOL)
     try:
         errors = await async_workload(naive)
     finally:
@@ -244,12 +287,23 @@ async def test_asyncpg_default_statement_cache_breaks(
     ), errors
 
 
-@pytest.mark.parametrize("pgtopo_driver", ["psycopg"])
+async def test_asyncpg_default_statement_cache_survives_a_tracking_pgbouncer(
+    tracking_bouncer: BouncerTopology, database_on: Callable[[BouncerTopology], Endpoint]
+) -> None:
+    endpoint = database_on(tracking_bouncer)
+    naive = create_async_engine(endpoint, "asyncpg", settings=NO_STARTUP_SETTINGS, **POOL)
+    try:
+        assert await async_workload(naive) == []
+    finally:
+        await naive.dispose()
+    assert _rows(endpoint) == TRANSACTIONS
+
+
 def test_psycopg_default_prepare_threshold_breaks(
-    pgbouncer_sync_engine: sa.Engine, pg_bouncer_database: Endpoint
+    untracked_bouncer: BouncerTopology, database_on: Callable[[BouncerTopology], Endpoint]
 ) -> None:
     naive = create_engine(
-        pg_bouncer_database,
+        database_on(untracked_bouncer),
         "psycopg",
         settings=NO_STARTUP_SETTINGS,
         client=ClientOptions(prepared_statements=True),
@@ -262,6 +316,101 @@ def test_psycopg_default_prepare_threshold_breaks(
     assert any("_pg3_" in e and ("already exists" in e or "does not exist" in e) for e in errors), (
         errors
     )
+
+
+def test_psycopg_default_prepare_threshold_survives_a_tracking_pgbouncer(
+    tracking_bouncer: BouncerTopology, database_on: Callable[[BouncerTopology], Endpoint]
+) -> None:
+    endpoint = database_on(tracking_bouncer)
+    naive = create_engine(endpoint, "psycopg", settings=NO_STARTUP_SETTINGS, **POOL)
+    try:
+        assert sync_workload(naive) == []
+    finally:
+        naive.dispose()
+    assert _rows(endpoint) == TRANSACTIONS
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_the_pooler_recipe_keeps_prepared_statements_where_they_are_safe(
+    tracking_bouncer: BouncerTopology,
+    database_on: Callable[[BouncerTopology], Endpoint],
+    driver: str,
+) -> None:
+    """With the topology's .pooler the recipe leaves the caches on (where proven), and the
+    workload's statements really are prepared: PgBouncer counts the clients' Parse messages."""
+    endpoint = database_on(tracking_bouncer)
+    pooler = tracking_bouncer.pooler
+    if not keeps_prepared_statements(pooler, drivers.get(driver)):
+        pytest.skip(
+            f"{driver} keeps no prepared statements behind {pooler.describe()} (libpq < 17)"
+        )
+    parsed_before = _client_parses(tracking_bouncer, endpoint.dbname)
+    run = _run_workload(endpoint, driver, pooler=pooler)
+    assert run == []
+    assert _rows(endpoint) == TRANSACTIONS
+    assert _client_parses(tracking_bouncer, endpoint.dbname) > parsed_before
+
+
+async def test_ddl_under_a_tracked_statement_needs_reconnect_and_a_fresh_pool(
+    tracking_bouncer: BouncerTopology, database_on: Callable[[BouncerTopology], Endpoint]
+) -> None:
+    """What tracking brings back: after DDL changes a prepared query's result type, PgBouncer
+    keeps serving the old server-side statement ("cached plan must not change result type").
+    Direct, asyncpg's dialect recovers after one error; through PgBouncer even a new engine
+    fails. The remedy: RECONNECT PgBouncer's server connections and dispose the app's pool."""
+    endpoint = database_on(tracking_bouncer)
+    select_all = sa.text("SELECT * FROM proof ORDER BY id")
+
+    async def select_through(engine: AsyncEngine) -> str:
+        try:
+            async with engine.connect() as conn:
+                return str((await conn.execute(select_all)).all())
+        except sa.exc.DBAPIError as exc:
+            return _describe(exc)
+
+    engine = create_async_engine(endpoint, "asyncpg", pooler=tracking_bouncer.pooler, **POOL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(INSERT, {"w": 1, "n": 1})
+        for _ in range(3):  # Prepared (asyncpg's cache), tracked and prepared by PgBouncer.
+            assert await select_through(engine) == "[(1, 1, 1)]"
+        admin = create_engine(tracking_bouncer.primary.with_dbname(endpoint.dbname), "psycopg")
+        with admin.begin() as conn:  # A migration, straight to the server.
+            conn.execute(sa.text("ALTER TABLE proof ADD COLUMN note text"))
+        admin.dispose()
+        stale = "InvalidCachedStatementError: cached statement plan is invalid"
+        assert (await select_through(engine)).startswith(stale)
+        await engine.dispose()
+        assert (await select_through(engine)).startswith(stale), "a fresh pool is not enough"
+        tracking_bouncer.reconnect()  # Server connections close once released: statements go.
+        await engine.dispose()  # And the clients' own statement caches with them.
+        assert await select_through(engine) == "[(1, 1, 1, None)]"
+    finally:
+        await engine.dispose()
+
+
+def _run_workload(endpoint: Endpoint, driver: str, **engine_kwargs: Any) -> list[str]:
+    if drivers.get(driver).supports("sync"):
+        engine = create_engine(endpoint, driver, **engine_kwargs, **POOL)
+        try:
+            return sync_workload(engine)
+        finally:
+            engine.dispose()
+
+    async def run() -> list[str]:
+        engine = create_async_engine(endpoint, driver, **engine_kwargs, **POOL)
+        try:
+            return await async_workload(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _client_parses(topology: BouncerTopology, dbname: str) -> int:
+    # SHOW STATS has total_client_parse_count since 1.21 (prepared statement tracking).
+    rows = [row for row in topology.show_stats() if row["database"] == dbname]
+    return sum(int(row.get("total_client_parse_count", 0)) for row in rows)
 
 
 @pytest.mark.parametrize("pgtopo_driver", ["pg8000"])
@@ -292,13 +441,15 @@ def test_pg8000_autocommit_breaks(
 
 @pytest.mark.parametrize("driver", sorted(drivers.DRIVERS))
 def test_cheatsheet_jit_off_is_refused_by_the_pooler(
-    pg_bouncer_database: Endpoint, driver: str
+    pg_bouncer_database: Endpoint, pg_bouncer: BouncerTopology, driver: str
 ) -> None:
-    """The cheatsheet's PgBouncer recipe sends server_settings={"jit": "off"}."""
+    """The cheatsheet's PgBouncer recipe sends server_settings={"jit": "off"}: refused on every
+    PgBouncer, worded per version (1.20+ names the setting inside libpq's `options`)."""
     drivers.get(driver).require_installed()
     connect_args = drivers.get(driver).startup_args({"jit": "off"})
-    refused = "jit" if drivers.get(driver).own_startup_parameters is None else "options"
-    with pytest.raises(sa.exc.DBAPIError, match=f"unsupported startup parameter: {refused}"):
+    in_options = drivers.get(driver).own_startup_parameters is not None
+    message = refused_startup_parameter(pg_bouncer.pooler.version, "jit", in_options=in_options)
+    with pytest.raises(sa.exc.DBAPIError, match=message):
         query_once(pg_bouncer_database, driver, connect_args=connect_args)
 
 

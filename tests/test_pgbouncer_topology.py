@@ -16,6 +16,7 @@ import pytest
 
 from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.errors import BinaryNotFoundError, PgtopoError, ServerStartError
+from pytest_pgtopo.pgbouncer_facts import refused_startup_parameter
 from pytest_pgtopo.servers import pgbouncer as pgbouncer_module
 from pytest_pgtopo.servers.pgbouncer import PgBouncerBinary, check_settings, parse_version
 from pytest_pgtopo.topologies.bouncer import BouncerOptions, BouncerTopology
@@ -78,7 +79,10 @@ def test_every_sync_driver_connects_with_defaults(topology: BouncerTopology) -> 
 
 def test_stock_bouncer_refuses_startup_options(topology: BouncerTopology) -> None:
     """As in production: a recipe sending statement_timeout at startup must fail here too."""
-    with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter: options"):
+    message = refused_startup_parameter(
+        topology.pooler.version, "statement_timeout", in_options=True
+    )
+    with pytest.raises(psycopg.OperationalError, match=message):
         psycopg.connect(
             **topology.bouncer.dbapi_kwargs("psycopg"), options="-c statement_timeout=5"
         )
