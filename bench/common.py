@@ -93,9 +93,10 @@ def cache_dir(path: Path) -> Iterator[None]:
             os.environ["PGTOPO_CACHE_DIR"] = old
 
 
-def local_backend(tmp_root: Path) -> LocalBackend:
-    """A LocalBackend with the default binaries, its workspace under `tmp_root`, not kept."""
-    return LocalBackend(pg_bindir=None, pg_bindir_source="default", tmp_root=tmp_root, keep=False)
+def local_backend(tmp_root: Path, pgbouncer_bin: Path | None = None) -> LocalBackend:
+    """A LocalBackend with the default binaries (or this PgBouncer), its workspace under
+    `tmp_root`, not kept."""
+    return LocalBackend(tmp_root=tmp_root, pgbouncer_bin=pgbouncer_bin, keep=False)
 
 
 # --- bare servers ----------------------------------------------------------------------------

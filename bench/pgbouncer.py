@@ -292,7 +292,9 @@ def prepare(topology: BouncerTopology) -> AdminConnection:
 
 def measure_throughput(
     backend: LocalBackend, rounds: int, budget: Budget
-) -> dict[str, dict[str, list[Sample]]]:
+) -> tuple[str, dict[str, dict[str, list[Sample]]]]:
+    """Per driver and target, throughput samples; the engines through PgBouncer use the
+    version-aware recipe (the topology's .pooler). Also returns what that PgBouncer does."""
     pool4 = BouncerTopology.start(backend)
     topologies = [pool4]
     admins: list[AdminConnection] = []
@@ -308,7 +310,7 @@ def measure_throughput(
             Target(
                 "PgBouncer pool 10",
                 pool10.bouncer.with_dbname(DB),
-                "transaction",
+                pool10.pooler,
                 admin10,
                 server10,
                 bouncer10,
@@ -316,7 +318,7 @@ def measure_throughput(
             Target(
                 "PgBouncer pool 4",
                 pool4.bouncer.with_dbname(DB),
-                "transaction",
+                pool4.pooler,
                 admin4,
                 server4,
                 bouncer4,
@@ -331,7 +333,7 @@ def measure_throughput(
             if drivers.get(driver).is_installed():
                 mine = [t for t in targets if t.label != NO_CACHE or driver in CACHING_DRIVERS]
                 results[driver] = measure_driver(driver, mine, rounds, budget)
-        return results
+        return pool10.pooler.describe(), results
     finally:
         for admin in admins:
             admin.close()
@@ -376,19 +378,30 @@ def main() -> None:
     parser.add_argument(
         "--transactions", type=int, help="run this many transactions per worker, not --seconds"
     )
+    parser.add_argument(
+        "--pgbouncer",
+        type=Path,
+        action="append",
+        help="a pgbouncer binary to measure (repeat for several versions); default: the one found",
+    )
     args = parser.parse_args()
     repeat, rounds = args.repeat, args.rounds
     budget = Budget(args.seconds, args.transactions)
 
+    binaries: list[Path | None] = list(args.pgbouncer or [None])
     with common.scratch_dir() as root, common.cache_dir(root / "cache"):
-        backend = common.local_backend(root)
-        try:
-            area = root / "bare"
-            area.mkdir()
-            bring = measure_bring_up(backend, area, repeat)
-            throughput = measure_throughput(backend, rounds, budget)
-        finally:
-            backend.close()
+        by_version: dict[str, dict[str, dict[str, list[Sample]]]] = {}
+        for index, binary in enumerate(binaries):
+            backend = common.local_backend(root, binary)
+            try:
+                if index == 0:
+                    area = root / "bare"
+                    area.mkdir()
+                    bring = measure_bring_up(backend, area, repeat)
+                version, results = measure_throughput(backend, rounds, budget)
+                by_version[version] = results
+            finally:
+                backend.close()
 
     common.report(
         "bring-up",
@@ -406,24 +419,29 @@ def main() -> None:
     )
     print(f"{WORKERS} workers, pool_size={WORKERS}, INSERT + SELECT count(*) per tx, {workload}")
     print(f"client/pgbouncer/postgres: % of one core used (this machine has {CPUS} cores)")
-    report_throughput(throughput)
+    for version, throughput in by_version.items():
+        print(f"-- {version} (engines through it: create_engine(..., pooler=topology.pooler))")
+        report_throughput(throughput)
     print()
     restart = common.median_ratio(bring["restart"], bring["bare"])
     print(common.verdict("restart_bouncer / bare pgbouncer spawn", restart, "<=", RESTART_TARGET))
-    for driver, by_target in throughput.items():
-        ratio = throughput_ratio(by_target, "PgBouncer pool 10")
-        label = f"{driver} through PgBouncer / direct"
-        print(common.verdict(label, ratio, ">=", THROUGHPUT_TARGET) + "  [default_pool_size=10]")
-    for driver, by_target in throughput.items():
-        ratio = throughput_ratio(by_target, "PgBouncer pool 4")
-        print(f"INFO {driver} through PgBouncer / direct: {ratio:.2f}x  [default_pool_size=4]")
-    for driver, by_target in throughput.items():
-        if NO_CACHE in by_target:
-            ratio = throughput_ratio(by_target, "PgBouncer pool 10", NO_CACHE)
-            print(
-                f"INFO {driver} through PgBouncer / direct without statement cache: {ratio:.2f}x"
-                "  [default_pool_size=10; the cost of the hop alone]"
-            )
+    for version, throughput in by_version.items():
+        short = version.split(",")[0]
+        for driver, by_target in throughput.items():
+            ratio = throughput_ratio(by_target, "PgBouncer pool 10")
+            label = f"{driver} through {short} / direct"
+            verdict = common.verdict(label, ratio, ">=", THROUGHPUT_TARGET)
+            print(f"{verdict}  [default_pool_size=10; {version}]")
+        for driver, by_target in throughput.items():
+            ratio = throughput_ratio(by_target, "PgBouncer pool 4")
+            print(f"INFO {driver} through {short} / direct: {ratio:.2f}x  [default_pool_size=4]")
+        for driver, by_target in throughput.items():
+            if NO_CACHE in by_target:
+                ratio = throughput_ratio(by_target, "PgBouncer pool 10", NO_CACHE)
+                print(
+                    f"INFO {driver} through {short} / direct without statement cache: "
+                    f"{ratio:.2f}x  [default_pool_size=10; the cost of the hop alone]"
+                )
 
 
 if __name__ == "__main__":

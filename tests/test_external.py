@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.plain import PlainTopology
 
 INNER = """
@@ -27,8 +28,10 @@ def test_other_topologies_skip(pg_bouncer):
 
 
 def test_external_backend_serves_pg_plain_and_skips_the_rest(
-    inner: pytest.Pytester, pg_plain: PlainTopology
+    inner: pytest.Pytester, pg_plain: PlainTopology, pgtopo_session: PgtopoSession
 ) -> None:
+    # Earlier tests' databases may still be dropping in the background: let them go first.
+    pgtopo_session.databases(pg_plain).wait_for_drops()
     before = _databases(pg_plain)
     inner.makepyfile(INNER.replace("{port}", str(pg_plain.primary.port)))
     result = inner.runpytest(
