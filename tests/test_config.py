@@ -133,6 +133,12 @@ def test_precedence_cli_over_ini_over_env(
             {},
             "--pgtopo-pg-bindir='/nonexistent/bin' is invalid: expected an existing directory",
         ),
+        (
+            ["--pgtopo-pg-bindir=/usr/lib/postgresql/15/bin:/nonexistent/bin"],
+            {},
+            "--pgtopo-pg-bindir='/usr/lib/postgresql/15/bin:/nonexistent/bin' is invalid: "
+            "expected existing directories separated by ':'; '/nonexistent/bin' is not one",
+        ),
     ],
 )
 def test_bad_value_is_a_usage_error_naming_option_and_value(
@@ -157,3 +163,26 @@ def test_all_selects_every_installed_driver(inner: pytest.Pytester) -> None:
     result = inner.runpytest("-s", "--pgtopo-driver=all")
     result.assert_outcomes(passed=1)
     assert _config_line(result).split()[2] == ",".join(drivers.installed())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("99", "*99 is not a PostgreSQL major this plugin supports (14-18)*"),
+        ("abc", "*'abc' is not a PostgreSQL major version*"),
+        ("15,", "*has an empty entry*"),
+        ("14", "*asks for PostgreSQL 14, which is not installed*"),
+    ],
+)
+def test_a_postgres_version_that_cannot_run_is_a_usage_error(
+    inner: pytest.Pytester, value: str, message: str
+) -> None:
+    if value == "14":
+        from pytest_pgtopo.servers.binaries import find_all_pg_binaries
+
+        if 14 in find_all_pg_binaries():
+            pytest.skip("PostgreSQL 14 is installed here, so asking for it is no error")
+    inner.makepyfile("def test_never_runs(): pass")
+    result = inner.runpytest(f"--pgtopo-pg-version={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-pgtopo: --pgtopo-pg-version={message}"])
