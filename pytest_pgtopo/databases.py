@@ -5,6 +5,11 @@ TEMPLATE` (~15 ms on tmpfs) and the database is dropped afterwards by a backgrou
 a test never waits for the server to notice a closed connection. In rollback mode (see
 rollback.py) every test with one schema shares one database instead.
 `Databases.for_test` is the whole life of one test's database, as one context manager.
+
+Every database a run creates carries the run's token in its name, and the run holds an advisory
+lock keyed by that token on its admin connection for as long as it lives. A run killed with
+`kill -9` loses the lock with its connection, so the next run on the same server can tell its
+databases from those of a run still going, and drops them (`sweep_orphans`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import queue
 import re
 import secrets
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +30,10 @@ import sqlalchemy
 from sqlalchemy.pool import NullPool
 
 from . import drivers
-from .admin import AdminConnection, admin_driver
+from .admin import AdminConnection, admin_driver, server_error
 from .audit import INTERNAL_APPLICATION_NAME
-from .errors import PgtopoError
-from .quoting import quote_ident
+from .errors import PgtopoError, PgtopoWarning
+from .quoting import quote_ident, quote_literal
 from .recipes.pooler import durable_settings_sql
 from .recipes.settings import SessionSettings
 from .types import DatabaseServer, IsolationMode, SchemaSource
@@ -35,8 +41,30 @@ from .types import DatabaseServer, IsolationMode, SchemaSource
 TEMPLATE_DB = "pgtopo_template"
 SHARED_DB = "pgtopo_shared"
 # Every name a run creates carries a token of its own, so runs sharing one server (an external
-# backend, parallel CI jobs) never collide.
+# backend, parallel CI jobs) never collide: pgtopo_<token>_<n>_<test>, pgtopo_template_<token>_<n>,
+# pgtopo_shared_<token>_<n>. The token is 8 hex digits, the lock key below in hex.
 _MAX_IDENT = 63
+_RUN_NAME = re.compile(r"^pgtopo_(?:template_|shared_)?(?P<token>[0-9a-f]{8})_[0-9]+(?:_|$)")
+RUN_LOCK_CLASS = 0x70677470  # "pgtp": the first key of every run's pg_advisory_lock(int, int).
+"""A run holds pg_advisory_lock(RUN_LOCK_CLASS, <its token as an int>) while it lives."""
+KEPT_COMMENT = "kept by pytest-pgtopo --pgtopo-keep"
+"""COMMENT ON DATABASE of a failed test's database left for a person: never swept."""
+
+
+class SchemaLoadError(PgtopoError):
+    """`pgtopo_schema` could not be loaded into its template. Raised again, as a new exception
+    with the same message chained to the first, for every later test that needs that schema."""
+
+    def __init__(self, message: str, *, traceback_helps: bool) -> None:
+        super().__init__(message)
+        self.traceback_helps = traceback_helps
+        """False when the message says it all (a .sql file's path, line and error); True when the
+        user's own frames are the point (a callable or MetaData that raised)."""
+
+    def again(self) -> SchemaLoadError:
+        again = SchemaLoadError(str(self), traceback_helps=self.traceback_helps)
+        again.__cause__ = self
+        return again
 
 
 @dataclass
@@ -65,16 +93,38 @@ class Databases:
         self.server = server
         self._before_drop = before_drop
         self._templates: dict[int, tuple[SchemaSource, str]] = {}
+        self._failed: dict[int, tuple[SchemaSource, SchemaLoadError]] = {}
         self._shared: dict[str, str] = {}
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
+        self._template_counter = itertools.count()
         self._dropper: _Dropper | None = None
-        self.token = secrets.token_hex(2)
+        self._token: str | None = None
         self._at_close: list[str] = []
 
     @property
     def admin(self) -> AdminConnection:
         return self.server.admin
+
+    @property
+    def token(self) -> str:
+        """This run's token in the names of the databases it creates on this server.
+
+        On first use, the databases of runs that are gone are swept, then a token is claimed
+        by taking its advisory lock on the server's admin connection, held until it closes.
+        """
+        with self._lock:
+            if self._token is None:
+                sweep_orphans(self.admin)
+                while True:
+                    key = secrets.randbelow(2**31 - 1) + 1  # A positive int4: pg_locks.objid.
+                    claimed = self.admin.scalar(
+                        f"SELECT pg_try_advisory_lock({RUN_LOCK_CLASS}, {key})"
+                    )
+                    if claimed:  # Else a live run holds that key: draw another.
+                        self._token = f"{key:08x}"
+                        break
+            return self._token
 
     @contextlib.contextmanager
     def for_test(
@@ -101,7 +151,15 @@ class Databases:
         if after_create is not None:
             after_create()
         yield database
-        if not (shared or database.keep):
+        if database.keep and not shared:
+            # Left for a person to look at: a later run's sweep must leave it too. Best effort:
+            # the test's own failure is what the report is about.
+            with contextlib.suppress(Exception):
+                self.admin.execute(
+                    f"COMMENT ON DATABASE {quote_ident(database.name)} "
+                    f"IS {quote_literal(KEPT_COMMENT)}"
+                )
+        elif not shared:
             self.drop_later(database.name)
 
     def create(self, label: str, schema: SchemaSource = None) -> str:
@@ -133,15 +191,31 @@ class Databases:
         return self._shared[template]
 
     def template(self, schema: SchemaSource) -> str:
-        """The template database holding `schema`, created and loaded on first use."""
+        """The template database holding `schema`, created and loaded on first use.
+
+        A schema that fails to load raises SchemaLoadError, and its half-built template is
+        dropped at once; every later call for that schema raises the same error again without
+        loading it again.
+        """
+        token = self.token
         with self._lock:
             # Keyed by identity: schema fixtures are session-scoped, so each is one object.
             known = self._templates.get(id(schema))
             if known is not None:
                 return known[1]
-            name = f"{TEMPLATE_DB}_{self.token}_{len(self._templates)}"
+            failed = self._failed.get(id(schema))
+            if failed is not None:
+                raise failed[1].again()
+            check_schema(schema)
+            name = f"{TEMPLATE_DB}_{token}_{next(self._template_counter)}"
             self.admin.execute(f"CREATE DATABASE {name}")
-            load_schema(schema, self.server, name)
+            try:
+                load_schema(schema, self.server, name)
+            except SchemaLoadError as exc:
+                self._failed[id(schema)] = (schema, exc)  # Holding `schema` keeps its id unique.
+                # FORCE: a connection the user's callable leaked must not keep it.
+                self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                raise
             # No connections allowed: a stray one would make every clone fail with
             # 'source database "pgtopo_template" is being accessed by other users'.
             self.admin.execute(
@@ -158,18 +232,25 @@ class Databases:
             self._dropper = None
 
     def close(self) -> None:
-        """Drop what is pending, then the session's templates and shared databases."""
+        """Drop what is pending, then the session's templates and shared databases; then let
+        go of the run's lock (only once all is dropped: what is left stays sweepable)."""
         for name in self._at_close:
             self.drop_later(name)
         self._at_close.clear()
         self.wait_for_drops()
+        with self._lock:
+            if self._token is not None:
+                key = int(self._token, 16)
+                # A connection that is gone took the lock with it: nothing to report.
+                with contextlib.suppress(Exception):
+                    self.admin.scalar(f"SELECT pg_advisory_unlock({RUN_LOCK_CLASS}, {key})")
+                self._token = None
 
 
-def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> None:
-    """Load `schema` into `dbname`: a MetaData, a path to a .sql file, or a callable(Engine)."""
-    if schema is None:
+def check_schema(schema: SchemaSource) -> None:
+    """Raise PgtopoError, before any database is made, for what `pgtopo_schema` cannot mean."""
+    if schema is None or isinstance(schema, sqlalchemy.MetaData) or callable(schema):
         return
-    endpoint = server.endpoint.with_dbname(dbname)
     if isinstance(schema, (str, os.PathLike)):
         path = Path(schema)
         if not path.is_file():
@@ -177,17 +258,35 @@ def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> No
                 f"pgtopo_schema names the SQL file {str(path)!r}, which does not exist; "
                 "return a MetaData, a path to an existing .sql file, or a callable taking an Engine"
             )
+        return
+    raise PgtopoError(
+        f"pgtopo_schema returned {schema!r}; expected a sqlalchemy.MetaData, "
+        "a path to a .sql file, a callable taking a sync Engine, or None"
+    )
+
+
+def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> None:
+    """Load `schema` into `dbname`: a MetaData, a path to a .sql file, or a callable(Engine).
+
+    Raises SchemaLoadError: for a .sql file, naming the file and the line the server pointed
+    at; for a MetaData or callable, chained to what it raised (whose traceback is the user's).
+    """
+    check_schema(schema)
+    if schema is None:
+        return
+    endpoint = server.endpoint.with_dbname(dbname)
+    if isinstance(schema, (str, os.PathLike)):
+        path = Path(schema)
+        script = path.read_text()
         admin = AdminConnection(endpoint)
         try:
-            admin.run_script(path.read_text())
+            admin.run_script(script)
+        except Exception as exc:
+            raise SchemaLoadError(_script_error(path, script, exc), traceback_helps=False) from exc
         finally:
             admin.close()
         return
-    if not (isinstance(schema, sqlalchemy.MetaData) or callable(schema)):
-        raise PgtopoError(
-            f"pgtopo_schema returned {schema!r}; expected a sqlalchemy.MetaData, "
-            "a path to a .sql file, a callable taking a sync Engine, or None"
-        )
+    assert isinstance(schema, sqlalchemy.MetaData) or callable(schema)  # check_schema said so.
     driver = admin_driver()
     # Named so --pgtopo-audit knows the plugin's own engine from the application's.
     internal = drivers.get(driver).startup_args({"application_name": INTERNAL_APPLICATION_NAME})
@@ -201,8 +300,88 @@ def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> No
             schema.create_all(engine)
         else:
             schema(engine)
+    except Exception as exc:
+        if isinstance(schema, sqlalchemy.MetaData):
+            what = "MetaData.create_all()"
+        else:
+            what = f"{getattr(schema, '__qualname__', repr(schema))}()"
+        raise SchemaLoadError(
+            f"loading pgtopo_schema with {what} failed: {type(exc).__name__}: {exc}",
+            traceback_helps=True,
+        ) from exc
     finally:
         engine.dispose()
+
+
+def _script_error(path: Path, script: str, exc: Exception) -> str:
+    """`path:line: message`, then the line with a caret under the position, then the server's
+    DETAIL and HINT. The script was sent whole, so the server's position (in characters of
+    what was sent) is a position in the file."""
+    error = server_error(exc)
+    if error is None:  # Not the server's word (the connection broke, say): as the driver said.
+        return f"{path}: {type(exc).__name__}: {exc}"
+    lines = [f"{path}: {error.message}"]
+    if error.position is not None:
+        before = script[: error.position - 1]
+        number = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1)
+        text = script.split("\n")[number - 1]
+        lines = [f"{path}:{number}: {error.message}", f"    {text}", "    " + " " * column + "^"]
+    lines += [
+        f"{label}: {value}"
+        for label, value in (("DETAIL", error.detail), ("HINT", error.hint))
+        if value
+    ]
+    return "\n".join(lines)
+
+
+def run_of(name: str) -> str | None:
+    """The token of the run that created database `name`; None if no run of ours did."""
+    match = _RUN_NAME.match(name)
+    return match["token"] if match else None
+
+
+def live_runs(admin: AdminConnection) -> set[str]:
+    """Tokens of the runs alive on `admin`'s server: those whose advisory lock is held."""
+    rows = admin.rows(
+        "SELECT objid::bigint AS key FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        f"AND classid = {RUN_LOCK_CLASS} AND objsubid = 2"
+    )
+    return {f"{int(row['key']):08x}" for row in rows}
+
+
+def sweep_orphans(admin: AdminConnection) -> list[str]:
+    """Drop the databases of runs that are gone (killed with `kill -9`, say) from `admin`'s
+    server and return their names. A live run's databases, and those --pgtopo-keep kept for a
+    person, stay. One that cannot be dropped (another role owns it) is a warning, not an error.
+    """
+    # Databases first, locks second: a database listed here was made after its run took its
+    # lock, so a run still alive is seen holding it.
+    rows = admin.rows(
+        "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') AS comment "
+        "FROM pg_database WHERE datname ~ '^pgtopo_'"
+    )
+    candidates = [row for row in rows if run_of(str(row["datname"])) is not None]
+    if not candidates:
+        return []
+    alive = live_runs(admin)
+    dropped = []
+    for row in candidates:
+        name = str(row["datname"])
+        if run_of(name) in alive or row["comment"] == KEPT_COMMENT:
+            continue
+        try:
+            if row["datistemplate"]:  # A template cannot be dropped as such.
+                admin.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
+            admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+        except Exception as exc:  # noqa: BLE001 - someone else's leftovers never fail a run.
+            warnings.warn(
+                PgtopoWarning(f"could not drop {name}, left by a run that is gone: {exc}"),
+                stacklevel=2,
+            )
+            continue
+        dropped.append(name)
+    return dropped
 
 
 def _database_name(number: str, label: str) -> str:

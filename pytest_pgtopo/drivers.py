@@ -240,12 +240,24 @@ class Driver:
     def supports(self, kind: Kind) -> bool:
         return kind in self.kinds
 
-    def require(self, kind: Kind) -> None:
+    def refusal(self, kind: Kind, *, multi_host: bool = False) -> str | None:
+        """Why this driver cannot back a `kind` engine (on several hosts), or None if it can."""
+        engine = f"{'an' if kind == 'async' else 'a'} {kind} engine"
         if kind not in self.kinds:
-            raise DriverUnsupportedError(
-                f"driver {self.name!r} has no {kind} API, so it cannot back a {kind} engine; "
-                f"use one of: {', '.join(names_supporting(kind))}"
+            return f"driver {self.name!r} has no {kind} API, so it cannot back {engine}"
+        if multi_host and not self.multi_host:
+            return (
+                f"driver {self.name!r} supports neither multiple hosts nor "
+                f"target_session_attrs, so it cannot back {engine} on several hosts"
             )
+        return None
+
+    def require(self, kind: Kind, *, multi_host: bool = False) -> None:
+        """Raise DriverUnsupportedError, naming the drivers that can, unless `refusal` is None."""
+        reason = self.refusal(kind, multi_host=multi_host)
+        if reason is not None:
+            able = names_supporting(kind, multi_host=multi_host)
+            raise DriverUnsupportedError(f"{reason}; use one of: {', '.join(able)}")
 
     def is_installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -413,8 +425,13 @@ def get(name: str) -> Driver:
         ) from None
 
 
-def names_supporting(kind: Kind) -> list[str]:
-    return [name for name, driver in DRIVERS.items() if driver.supports(kind)]
+def names_supporting(kind: Kind, *, multi_host: bool = False) -> list[str]:
+    """Drivers that can back a `kind` engine (on several hosts, with `multi_host`)."""
+    return [
+        name
+        for name, driver in DRIVERS.items()
+        if driver.refusal(kind, multi_host=multi_host) is None
+    ]
 
 
 def installed() -> list[str]:

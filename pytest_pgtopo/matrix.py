@@ -25,8 +25,7 @@ class EngineFixture:
     multi_host: bool = False
 
     def served_by(self, driver: str) -> bool:
-        spec = drivers.get(driver)
-        return spec.supports(self.kind) and (spec.multi_host or not self.multi_host)
+        return drivers.get(driver).refusal(self.kind, multi_host=self.multi_host) is None
 
     def describe(self) -> str:
         return f"{self.kind}{' multi-host' if self.multi_host else ''} engines"
@@ -63,8 +62,10 @@ def topology_fixture(function: F) -> F:
 
 def version_plan(majors: Sequence[int], fixturenames: Iterable[str]) -> list[int]:
     """The server-version axis: the majors a test runs on, or [] when it needs no
-    parametrizing (it starts no topology, or one version is selected)."""
-    if len(majors) < 2 or TOPOLOGY_FIXTURES.isdisjoint(fixturenames):
+    parametrizing (it starts no topology, or one version is selected). An engine fixture
+    starts its topology itself, after checking the driver, so it counts as one that starts."""
+    names = set(fixturenames)
+    if len(majors) < 2 or not (names & TOPOLOGY_FIXTURES or names & ENGINE_FIXTURES.keys()):
         return []
     return list(majors)
 
@@ -130,6 +131,37 @@ def plan(selected: Sequence[str], needs: Collection[EngineFixture]) -> Plan:
     )
     # Skipped rather than dropped, so the run says why those tests did not run.
     return Plan(tuple(selected), skip_reason=reason)
+
+
+def driver_problem(driver: str, fixturenames: Iterable[str]) -> str | None:
+    """Why `driver` cannot serve the engine fixtures among `fixturenames`, or None if it can:
+    the first one it cannot back, and the drivers that can back all of them. The plugin asks
+    before any server starts, so a test that cannot run fails at once, and says so once.
+    """
+    names = [name for name in dict.fromkeys(fixturenames) if name in ENGINE_FIXTURES]
+    if not names:
+        return None
+    try:
+        spec = drivers.get(driver)
+    except PgtopoError as exc:
+        return str(exc)
+    needs = {ENGINE_FIXTURES[name] for name in names}
+    for name in names:
+        need = ENGINE_FIXTURES[name]
+        reason = spec.refusal(need.kind, multi_host=need.multi_host)
+        if reason is None:
+            continue
+        able = ", ".join(d for d in drivers.DRIVERS if _serves_all(d, needs))
+        if len(needs) == 1:
+            return f"{reason} ({name}); use one of: {able}"
+        if able:
+            return f"{reason} ({name}); use one of: {able} (every engine fixture of this test)"
+        return f"{reason} ({name}); no driver can back all of {', '.join(names)}: split the test"
+    try:
+        spec.require_installed()
+    except PgtopoError as exc:
+        return str(exc)
+    return None
 
 
 def default_driver(selected: Sequence[str], needs: Collection[EngineFixture]) -> str:

@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_asyncio
@@ -22,6 +22,7 @@ from . import config as config_module
 from . import matrix
 from .audit import AuditListener
 from .credentials import TokenIssuer
+from .databases import SchemaLoadError
 from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import ConfigError, PgtopoError, TopologyUnavailableError
 from .recipes.engines import create_async_engine, create_engine
@@ -384,7 +385,18 @@ def pg_replica_database(
     pgtopo_schema: SchemaSource,
 ) -> Iterator[Endpoint]:
     """This test's database, created on the primary and already replayed on the replica;
-    the endpoint is the primary's (`pg_replica_pair.replica.with_dbname(...)` for the other)."""
+    the endpoint is the primary's (`pg_replica_pair.replica.with_dbname(...)` for the other).
+
+    Refused in rollback isolation: the replica would never see the test's uncommitted work."""
+    if pgtopo_session.config.isolation == "rollback":
+        pytest.fail(
+            "pytest-pgtopo: --pgtopo-isolation=rollback cannot serve pg_replica_pair: a replica "
+            "only sees committed transactions, and rollback isolation never commits a test's "
+            "work (it stays in an outer transaction that is rolled back), so the replica would "
+            "never see it. Run the replica tests with --pgtopo-isolation=database (the default), "
+            "in a pytest run of their own (say `pytest tests/replica`), and the rest in rollback.",
+            pytrace=False,
+        )
     yield from _test_database(
         request,
         pgtopo_session,
@@ -395,16 +407,29 @@ def pg_replica_database(
 
 
 # --- fixtures: engines -----------------------------------------------------------------------
+# Engine fixtures do not name a topology or database fixture as an argument: pytest would set
+# those up first (session-scoped ones before anything else), starting servers for a test whose
+# driver cannot run. pgtopo_engine_recipe checks the driver; only then do the _pgtopo_*_engines
+# fixtures below set up the topology and this test's database (request.getfixturevalue). Their
+# value is the topology, so a failed test still gets its server logs (pytest_runtest_makereport).
 
 
 @pytest.fixture
 def pgtopo_engine_recipe(
+    request: pytest.FixtureRequest,
     pgtopo_driver: str,
     pgtopo_settings: SessionSettings,
     pgtopo_engine_kwargs: dict[str, Any],
     pgtopo_session: PgtopoSession,
 ) -> EngineRecipe:
-    """What every engine fixture of this test is built from: driver, settings, kwargs, isolation."""
+    """What every engine fixture of this test is built from: driver, settings, kwargs, isolation.
+
+    A driver that cannot serve one of the test's engine fixtures (psycopg2 for pg_engine) fails
+    the setup here, once, before any server starts.
+    """
+    problem = matrix.driver_problem(pgtopo_driver, request.fixturenames)
+    if problem is not None:
+        pytest.fail(f"pytest-pgtopo: {problem}", pytrace=False)
     return EngineRecipe(
         pgtopo_driver,
         pgtopo_settings,
@@ -413,44 +438,113 @@ def pgtopo_engine_recipe(
     )
 
 
+def _after_the_driver_check(request: pytest.FixtureRequest, topology: str, database: str) -> Any:
+    """Set up fixture `topology` and this test's `database` on it; return the topology."""
+    if topology == "pg_replica_pair":  # What pytest_runtest_setup does for tests that name it.
+        request.config.stash[SESSION_KEY].restore_replica_pairs()
+    value = request.getfixturevalue(topology)
+    request.getfixturevalue(database)
+    return value
+
+
+# pgtopo_pg_version is an argument so that --pgtopo-pg-version can parametrize engine tests
+# (matrix.version_plan counts engine fixtures as fixtures that start a topology).
+@pytest.fixture
+def _pgtopo_plain_engines(
+    request: pytest.FixtureRequest,
+    pgtopo_engine_recipe: EngineRecipe,
+    pgtopo_pg_version: int | None,
+) -> PlainTopology:
+    """pg_plain, with pg_plain_database set up, once the driver passed its check."""
+    return cast(PlainTopology, _after_the_driver_check(request, "pg_plain", "pg_plain_database"))
+
+
+@pytest.fixture
+def _pgtopo_bouncer_engines(
+    request: pytest.FixtureRequest,
+    pgtopo_engine_recipe: EngineRecipe,
+    pgtopo_pg_version: int | None,
+) -> BouncerTopology:
+    """pg_bouncer, with pg_bouncer_database set up, once the driver passed its check."""
+    topology = _after_the_driver_check(request, "pg_bouncer", "pg_bouncer_database")
+    return cast(BouncerTopology, topology)
+
+
+@pytest.fixture
+def _pgtopo_tls_engines(
+    request: pytest.FixtureRequest,
+    pgtopo_engine_recipe: EngineRecipe,
+    pgtopo_pg_version: int | None,
+) -> TlsTopology:
+    """pg_tls, with pg_tls_database set up, once the driver passed its check."""
+    return cast(TlsTopology, _after_the_driver_check(request, "pg_tls", "pg_tls_database"))
+
+
+@pytest.fixture
+def _pgtopo_replica_engines(
+    request: pytest.FixtureRequest,
+    pgtopo_engine_recipe: EngineRecipe,
+    pgtopo_pg_version: int | None,
+) -> ReplicaTopology:
+    """pg_replica_pair, with pg_replica_database set up, once the driver passed its check."""
+    topology = _after_the_driver_check(request, "pg_replica_pair", "pg_replica_database")
+    return cast(ReplicaTopology, topology)
+
+
+def _database(request: pytest.FixtureRequest, name: str) -> Endpoint:
+    """This test's database fixture `name`, already set up by a _pgtopo_*_engines fixture (so
+    an async engine fixture only looks it up, never sets up fixtures inside its event loop)."""
+    return cast(Endpoint, request.getfixturevalue(name))
+
+
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def pg_sync_engine(
-    pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_plain_engines: PlainTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on this test's database of pg_plain, built by pytest_pgtopo.create_engine."""
-    yield from pgtopo_engine_recipe.sync_engine(pg_plain_database)
+    yield from pgtopo_engine_recipe.sync_engine(_database(request, "pg_plain_database"))
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def pg_engine(
-    pg_plain_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_plain_engines: PlainTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on this test's database of pg_plain, built by create_async_engine."""
-    async for engine in pgtopo_engine_recipe.async_engine(pg_plain_database):
+    async for engine in pgtopo_engine_recipe.async_engine(_database(request, "pg_plain_database")):
         yield engine
 
 
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def pgbouncer_sync_engine(
-    pg_bouncer_database: Endpoint, pg_bouncer: BouncerTopology, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_bouncer_engines: BouncerTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine through pg_bouncer, built with create_engine(..., pooler=pg_bouncer.pooler):
     prepared statements stay on where that PgBouncer tracks them and the driver is proven safe."""
-    yield from pgtopo_engine_recipe.sync_engine(pg_bouncer_database, pooler=pg_bouncer.pooler)
+    yield from pgtopo_engine_recipe.sync_engine(
+        _database(request, "pg_bouncer_database"), pooler=_pgtopo_bouncer_engines.pooler
+    )
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def pgbouncer_engine(
-    pg_bouncer_database: Endpoint, pg_bouncer: BouncerTopology, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_bouncer_engines: BouncerTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine through pg_bouncer, built with create_async_engine(...,
     pooler=pg_bouncer.pooler)."""
     async for engine in pgtopo_engine_recipe.async_engine(
-        pg_bouncer_database, pooler=pg_bouncer.pooler
+        _database(request, "pg_bouncer_database"), pooler=_pgtopo_bouncer_engines.pooler
     ):
         yield engine
 
@@ -458,62 +552,73 @@ async def pgbouncer_engine(
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def tls_sync_engine(
-    pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_tls_engines: TlsTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on pg_tls over TLS with verify-full, whatever the driver."""
-    yield from pgtopo_engine_recipe.sync_engine(pg_tls_database)
+    yield from pgtopo_engine_recipe.sync_engine(_database(request, "pg_tls_database"))
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def tls_engine(
-    pg_tls_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_tls_engines: TlsTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on pg_tls over TLS with verify-full (asyncpg: an SSLContext)."""
-    async for engine in pgtopo_engine_recipe.async_engine(pg_tls_database):
+    async for engine in pgtopo_engine_recipe.async_engine(_database(request, "pg_tls_database")):
         yield engine
 
 
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def primary_sync_engine(
-    pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on the pair's primary, for writes."""
-    yield from pgtopo_engine_recipe.sync_engine(pg_replica_database)
+    yield from pgtopo_engine_recipe.sync_engine(_database(request, "pg_replica_database"))
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def primary_engine(
-    pg_replica_database: Endpoint, pgtopo_engine_recipe: EngineRecipe
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on the pair's primary, for writes."""
-    async for engine in pgtopo_engine_recipe.async_engine(pg_replica_database):
+    database = _database(request, "pg_replica_database")
+    async for engine in pgtopo_engine_recipe.async_engine(database):
         yield engine
 
 
 @pytest.fixture
 @matrix.engine_fixture("sync")
 def replica_sync_engine(
-    pg_replica_database: Endpoint,
-    pg_replica_pair: ReplicaTopology,
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
     pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on the replica, read-only by default (default_transaction_read_only)."""
-    replica = pg_replica_pair.replica.with_dbname(pg_replica_database.dbname)
+    dbname = _database(request, "pg_replica_database").dbname
+    replica = _pgtopo_replica_engines.replica.with_dbname(dbname)
     yield from pgtopo_engine_recipe.sync_engine(replica, read_only=True)
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async")
 async def replica_engine(
-    pg_replica_database: Endpoint,
-    pg_replica_pair: ReplicaTopology,
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
     pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on the replica, read-only by default (default_transaction_read_only)."""
-    replica = pg_replica_pair.replica.with_dbname(pg_replica_database.dbname)
+    dbname = _database(request, "pg_replica_database").dbname
+    replica = _pgtopo_replica_engines.replica.with_dbname(dbname)
     async for engine in pgtopo_engine_recipe.async_engine(replica, read_only=True):
         yield engine
 
@@ -521,25 +626,27 @@ async def replica_engine(
 @pytest.fixture
 @matrix.engine_fixture("sync", multi_host=True)
 def failover_sync_engine(
-    pg_replica_database: Endpoint,
-    pg_replica_pair: ReplicaTopology,
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
     pgtopo_engine_recipe: EngineRecipe,
 ) -> Iterator[sqlalchemy.Engine]:
     """A sync Engine on both hosts with target_session_attrs=read-write and pool_pre_ping:
     it lands on whichever node is the primary. pg8000 cannot (no multi-host support)."""
-    both = pg_replica_pair.multi_host().with_dbname(pg_replica_database.dbname)
+    dbname = _database(request, "pg_replica_database").dbname
+    both = _pgtopo_replica_engines.multi_host().with_dbname(dbname)
     yield from pgtopo_engine_recipe.sync_engine(both)
 
 
 @pytest_asyncio.fixture
 @matrix.engine_fixture("async", multi_host=True)
 async def failover_engine(
-    pg_replica_database: Endpoint,
-    pg_replica_pair: ReplicaTopology,
+    request: pytest.FixtureRequest,
+    _pgtopo_replica_engines: ReplicaTopology,
     pgtopo_engine_recipe: EngineRecipe,
 ) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on both hosts with target_session_attrs=read-write and pool_pre_ping."""
-    both = pg_replica_pair.multi_host().with_dbname(pg_replica_database.dbname)
+    dbname = _database(request, "pg_replica_database").dbname
+    both = _pgtopo_replica_engines.multi_host().with_dbname(dbname)
     async for engine in pgtopo_engine_recipe.async_engine(both):
         yield engine
 
@@ -581,13 +688,25 @@ def _test_database(
     durable: SessionSettings | None = None,
     after_create: Callable[[], None] | None = None,
 ) -> Iterator[Endpoint]:
-    with session.databases(topology).for_test(
-        request.node.name,
-        schema,
-        mode=session.config.isolation,
-        settings=durable,
-        after_create=after_create,
-    ) as database:
+    with contextlib.ExitStack() as stack:
+        try:
+            database = stack.enter_context(
+                session.databases(topology).for_test(
+                    request.node.name,
+                    schema,
+                    mode=session.config.isolation,
+                    settings=durable,
+                    after_create=after_create,
+                )
+            )
+        except SchemaLoadError as exc:
+            if exc.traceback_helps:  # A callable's or MetaData's error: the user's frames matter.
+                raise
+            said = str(exc)  # A .sql file's error names the file and line: that is all of it.
+        else:
+            said = ""
+        if said:  # Outside the except: no chained driver traceback to bury the message.
+            pytest.fail(f"pytest-pgtopo: {said}", pytrace=False)
         endpoint = topology.client_endpoint.with_dbname(database.name)
         yield endpoint
         if session.config.keep and session.config.isolation == "database":
@@ -660,5 +779,7 @@ def _explained(build: Callable[[], T]) -> T:
     try:
         return build()
     except PgtopoError as exc:
-        # A driver asked for explicitly that cannot serve this fixture: fail the setup, say why.
-        pytest.fail(f"pytest-pgtopo: {exc}", pytrace=False)
+        message = f"pytest-pgtopo: {exc}"
+    # A recipe that refuses (a pooler from another address, say): fail the setup, say why, once.
+    # Outside the except block, so pytest does not print the error again as the failure's cause.
+    pytest.fail(message, pytrace=False)

@@ -4,21 +4,31 @@ It lives on tmpfs (/dev/shm) when there is room: PostgreSQL creates hundreds of 
 CREATE DATABASE, and on an ext4 root disk that cost 3-10x more than on tmpfs (measured on
 Debian 12: 16-350 ms against a steady 13-15 ms).
 Its name carries the owning pid, so a later run can sweep what a killed run left behind.
+Before it is made, its root is checked (`check_root`): a root that cannot work is refused with
+the check that failed and the fix, not a raw OSError or a server's "Permission denied" later.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
+from .errors import PgtopoError
 from .runners.local import OsUser, chown_tree
 
 _PREFIX = "pgtopo-"
 _KEPT_PREFIX = "pgtopo-kept-"
 _MIN_TMPFS_FREE = 1 << 30  # Docker's default 64 MB /dev/shm is too small for a server or two.
+MIN_FREE = 128 << 20
+"""Free space a workspace's root needs at start-up (128 MiB): each server starts from a copy of
+the cached initdb cluster (~40 MB), its per-test databases take ~8 MB each while they live, and
+a first run's initdb stages one more cluster there. Topologies with several servers need more."""
+_CHANNELS = "--pgtopo-tmpdir (ini pgtopo_tmpdir, env PGTOPO_TMPDIR)"
 
 
 def default_root() -> Path:
@@ -34,13 +44,24 @@ def default_root() -> Path:
 
 
 class Workspace:
-    """A private directory, owned by the server user, removed in `remove()`."""
+    """A private directory, owned by the server user, removed in `remove()`.
 
-    def __init__(self, root: Path, user: OsUser, *, keep: bool) -> None:
-        sweep_stale(root)
+    `source` says where `root` came from (--pgtopo-tmpdir, ini pgtopo_tmpdir, env
+    PGTOPO_TMPDIR, or default), for the message when the root cannot work.
+    """
+
+    def __init__(self, root: Path, user: OsUser, *, keep: bool, source: str = "default") -> None:
+        sweep_stale(root)  # First: a dead run's files may be what fills the root.
+        check_root(root, user, source)
         prefix = _KEPT_PREFIX if keep else f"{_PREFIX}{os.getpid()}-"
         self.path = root / f"{prefix}{secrets.token_hex(4)}"
-        self.path.mkdir(mode=0o700)
+        try:
+            self.path.mkdir(mode=0o700)
+        except OSError as exc:  # What the checks cannot foresee (a quota, a race).
+            raise PgtopoError(
+                f"{_named(root, source)}: cannot create {self.path}: {exc.strerror}; "
+                f"choose another directory with {_CHANNELS}"
+            ) from None
         self.user = user
         chown_tree(self.path, user)
 
@@ -56,6 +77,71 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_root(root: Path, user: OsUser, source: str = "default") -> None:
+    """Refuse a root the servers cannot use, saying which check failed and how to fix it: it
+    must be a writable directory on a writable filesystem with MIN_FREE bytes free, and the
+    server's OS user must be able to enter it and every directory above it."""
+    named = _named(root, source)
+    fix = f"choose another directory with {_CHANNELS}"
+    if not root.is_dir():
+        raise PgtopoError(f"{named} is not a directory; create it or {fix}")
+    if os.statvfs(root).f_flag & os.ST_RDONLY:
+        raise PgtopoError(f"{named} is on a read-only file system; {fix}")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PgtopoError(f"{named} is not writable by this process ({_mode(root)}); {fix}")
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE:
+        raise PgtopoError(
+            f"{named} has {free / (1 << 20):.1f} MiB free; a server needs at least "
+            f"{MIN_FREE >> 20} MiB there (a ~40 MB copy of the initdb cluster, plus per-test "
+            f"databases); free some space or {fix}"
+        )
+    blocked = _first_closed(root, user)
+    if blocked is not None:
+        way = f", on the way to {root}" if blocked != root else ""
+        why = "" if user.is_current else f" (servers run as {user.name}: PostgreSQL refuses root)"
+        raise PgtopoError(
+            f"{named}: the server's OS user {user.name} cannot enter {blocked} "
+            f"({_mode(blocked)}){way}{why}. Fix: chmod o+x {blocked}, or choose a directory "
+            f"every user can enter (/dev/shm, /tmp) with {_CHANNELS}"
+        )
+
+
+def _named(root: Path, source: str) -> str:
+    return f"the default temp dir {root}" if source == "default" else f"{source}={root}"
+
+
+def _mode(path: Path) -> str:
+    st = path.stat()
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
+
+
+def _first_closed(root: Path, user: OsUser) -> Path | None:
+    """The first directory from / down to `root` (symlinks followed, as the kernel does) that
+    `user` may not enter, or None. Servers run with their primary group only (no extra groups)."""
+    if user.is_current:
+        closed = [p for p in _chain(root) if not os.access(p, os.X_OK)]
+        return closed[0] if closed else None
+    for path in _chain(root):
+        st = path.stat()
+        shift = 6 if st.st_uid == user.uid else 3 if st.st_gid == user.gid else 0
+        if not (st.st_mode >> shift) & stat.S_IXOTH:
+            return path
+    return None
+
+
+def _chain(root: Path) -> list[Path]:
+    """Every directory from / down to `root`, as written and as resolved."""
+    chain: list[Path] = []
+    for path in (Path(os.path.abspath(root)), root.resolve()):
+        chain += [p for p in [*reversed(path.parents), path] if p not in chain]
+    return chain
 
 
 def sweep_stale(root: Path) -> None:

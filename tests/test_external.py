@@ -5,8 +5,14 @@ The "external" server here is this session's own pg_plain: real, and not the inn
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 
+from pytest_pgtopo import drivers
+from pytest_pgtopo.backends.external import ExternalBackend
+from pytest_pgtopo.errors import PgtopoError
 from pytest_pgtopo.session import PgtopoSession
 from pytest_pgtopo.topologies.plain import PlainTopology
 
@@ -81,3 +87,72 @@ def test_backends_that_cannot_work_are_usage_errors(
     result = inner.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+ADMIN_DRIVERS = [name for name in drivers.ADMIN_DRIVER_ORDER if drivers.get(name).is_installed()]
+
+
+@pytest.mark.parametrize("driver", ADMIN_DRIVERS)
+@pytest.mark.parametrize(
+    ("change", "said", "fix"),
+    [
+        (
+            {"password": "not-the-password"},
+            'password authentication failed for user "{user}" (SQLSTATE 28P01)',
+            "check the user and password in --pgtopo-external-url",
+        ),
+        (
+            {"dbname": "no_such_database"},
+            'database "no_such_database" does not exist (SQLSTATE 3D000)',
+            "name a database that exists (postgres, say) in --pgtopo-external-url",
+        ),
+    ],
+    ids=["wrong-password", "no-such-database"],
+)
+def test_a_refused_login_fails_at_once_naming_the_url(
+    pg_plain: PlainTopology,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: str,
+    change: dict[str, str],
+    said: str,
+    fix: str,
+) -> None:
+    # Each admin driver raises its own exception for a refused login (psycopg and psycopg2 carry
+    # no SQLSTATE for it at all); none of them may retry for the whole connect timeout.
+    monkeypatch.setattr(drivers, "ADMIN_DRIVER_ORDER", (driver,))
+    wrong = dataclasses.replace(pg_plain.primary, **change)
+    backend = ExternalBackend(wrong.describe())
+    started = time.monotonic()
+    with pytest.raises(PgtopoError) as refused:
+        backend.start_postgres("plain")
+    assert time.monotonic() - started < 5
+    message = str(refused.value)
+    masked = f"postgresql://{wrong.user}:***@{wrong.host}:{wrong.port}/{wrong.dbname}"
+    assert message.startswith(f"the external server {masked} refused the login: "), message
+    assert said.format(user=wrong.user) in message
+    assert fix in message
+    assert wrong.password not in message
+
+
+def test_a_wrong_password_errors_every_test_at_once(
+    inner: pytest.Pytester, pg_plain: PlainTopology
+) -> None:
+    inner.makepyfile(
+        """
+        def test_one(pg_sync_engine):
+            pass
+
+        async def test_two(pg_engine):
+            pass
+        """
+    )
+    wrong = dataclasses.replace(pg_plain.primary, password="not-the-password")
+    started = time.monotonic()
+    result = inner.runpytest(
+        "--pgtopo-backend=external", f"--pgtopo-external-url={wrong.describe()}"
+    )
+    assert time.monotonic() - started < 20, "a refused login is final, not retried for 30 s"
+    result.assert_outcomes(errors=2)
+    masked = f"postgresql://{wrong.user}:***@{wrong.host}:{wrong.port}/postgres"
+    result.stdout.fnmatch_lines([f"*the external server {masked} refused the login: *"])
+    assert "not-the-password" not in result.stdout.str()

@@ -194,7 +194,7 @@ def test_databases_are_created_from_the_template_and_dropped(
     names = [databases.create("test_some thing[psycopg]") for _ in range(3)]
     assert len(set(names)) == 3
     assert all(
-        re.fullmatch(r"pgtopo_[0-9a-f]{4}_\d+_test_some_thing_psycopg", name) for name in names
+        re.fullmatch(r"pgtopo_[0-9a-f]{8}_\d+_test_some_thing_psycopg", name) for name in names
     )
     listed = "SELECT count(*) FROM pg_database WHERE datname = ANY(string_to_array('{}', ','))"
     assert admin.scalar(listed.format(",".join(names))) == 3
@@ -264,3 +264,32 @@ def test_each_directory_gets_the_schema_its_conftest_names(
             f"    assert tables == ['{table}']\n"
         )
     inner.runpytest(f"--pgtopo-isolation={mode}").assert_outcomes(passed=2)
+
+
+def test_rollback_isolation_refuses_the_replica_pair_at_setup(inner: pytest.Pytester) -> None:
+    # A replica only ever sees committed work, and rollback mode never commits the test's outer
+    # transaction: refused at setup, saying why and what to do, before any test body runs.
+    inner.makepyfile(
+        """
+        from pathlib import Path
+
+        def test_reads_on_the_replica(primary_sync_engine, replica_sync_engine):
+            Path("body-ran").write_text("yes")
+
+        async def test_fails_over(failover_engine):
+            Path("body-ran").write_text("yes")
+
+        def test_plain_still_works(pg_sync_engine):
+            pass
+        """
+    )
+    result = inner.runpytest("--pgtopo-isolation=rollback")
+    result.assert_outcomes(errors=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-pgtopo: --pgtopo-isolation=rollback cannot serve pg_replica_pair: a replica "
+            "only sees committed transactions, and rollback isolation never commits a test's "
+            "work*--pgtopo-isolation=database*",
+        ]
+    )
+    assert not (inner.path / "body-ran").exists()

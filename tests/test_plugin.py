@@ -97,7 +97,7 @@ def test_asking_explicitly_for_an_impossible_driver_is_an_error(inner: pytest.Py
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*pytest-pgtopo: driver 'psycopg2' has no async API, so it cannot back a async engine; use one of: asyncpg, psycopg*"
+            "*pytest-pgtopo: driver 'psycopg2' has no async API, so it cannot back an async engine (pg_engine); use one of: asyncpg, psycopg*"
         ]
     )
 

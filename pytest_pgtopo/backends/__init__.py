@@ -32,7 +32,9 @@ def make_backend(config: PgtopoConfig, binaries: PgBinaries | None = None) -> Ba
     return LocalBackend(
         binaries=binaries,
         pgbouncer_bin=config.pgbouncer_bin,
+        pgbouncer_bin_source=config.source_of("pgbouncer_bin"),
         tmp_root=config.tmpdir,
+        tmp_root_source=config.source_of("tmpdir"),
         keep=config.keep,
         requested=config.backend,
     )

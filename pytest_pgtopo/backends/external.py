@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from ..admin import AdminConnection, wait_until_connectable
+from ..admin import AdminConnection, LoginRefusedError, wait_until_connectable
 from ..endpoint import Endpoint
 from ..errors import PgtopoError, TopologyUnavailableError
 from ..servers.certificates import ServerTls
@@ -19,6 +19,17 @@ from ..tls import TlsClient
 from .base import PgBouncerHandle, PostgresHandle
 
 _CONNECT_TIMEOUT = 30.0
+_URL_CHANNELS = "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)"
+# What to change when the server refuses the login, by SQLSTATE (admin.FINAL_LOGIN_ERRORS).
+_LOGIN_FIXES = {
+    "28P01": f"check the user and password in {_URL_CHANNELS}",
+    "28000": (
+        "the server's pg_hba.conf admits no such login from this host, or the role may not log "
+        f"in: allow it there (the role needs LOGIN and CREATEDB), or use another user in "
+        f"{_URL_CHANNELS}"
+    ),
+    "3D000": f"name a database that exists (postgres, say) in {_URL_CHANNELS}",
+}
 
 
 def endpoint_from_url(url: str) -> Endpoint:
@@ -38,13 +49,25 @@ def endpoint_from_url(url: str) -> Endpoint:
     )
 
 
+def masked_url(endpoint: Endpoint) -> str:
+    """The server's URL as a person may read it in a log: the password masked."""
+    return f"postgresql://{endpoint.user}:***@{endpoint.host}:{endpoint.port}/{endpoint.dbname}"
+
+
 class ExternalServer:
     """A server the plugin does not run: only a connection to it. Per-test databases need the
     CREATEDB privilege; stopping it only closes that connection."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.admin: AdminConnection = wait_until_connectable(endpoint, timeout=_CONNECT_TIMEOUT)
+        try:
+            self.admin: AdminConnection = wait_until_connectable(endpoint, timeout=_CONNECT_TIMEOUT)
+        except LoginRefusedError as exc:  # Final: retrying a wrong password cannot help.
+            error = exc.error
+            raise PgtopoError(
+                f"the external server {masked_url(endpoint)} refused the login: {error.message} "
+                f"(SQLSTATE {error.sqlstate}); {_LOGIN_FIXES.get(error.sqlstate or '', '')}"
+            ) from None
         self.client_tls: TlsClient | None = None
 
     @property

@@ -14,7 +14,13 @@ from pathlib import Path
 from ..endpoint import Endpoint
 from ..errors import PgtopoError
 from ..runners import local
-from ..servers.binaries import PgBinaries, executable_copy, find_pg_binaries
+from ..servers.binaries import (
+    SEARCHED,
+    PgBinaries,
+    PostgresNotFoundError,
+    executable_copy,
+    find_pg_binaries,
+)
 from ..servers.certificates import ServerTls
 from ..servers.initdb_cache import CachedCluster, cached_cluster, default_cache_root
 from ..servers.pgbouncer import PgBouncer, PgBouncerBinary, check_settings, find_pgbouncer
@@ -35,15 +41,21 @@ class LocalBackend:
         pg_bindir: Path | None = None,
         pg_bindir_source: str = "default",
         pgbouncer_bin: Path | None = None,
+        pgbouncer_bin_source: str = "--pgtopo-pgbouncer-bin",
         tmp_root: Path | None = None,
+        tmp_root_source: str = "--pgtopo-tmpdir",
         keep: bool = False,
         requested: str = "local",
     ) -> None:
+        """`*_source` name the channel a setting came from (an option, `ini ...`, `env ...`),
+        for messages about it."""
         self._chosen = binaries
         self._pg_bindir = pg_bindir
         self._pg_bindir_source = pg_bindir_source
         self._pgbouncer_bin = pgbouncer_bin
+        self._pgbouncer_bin_source = pgbouncer_bin_source
         self._tmp_root = tmp_root or default_root()
+        self._tmp_root_source = tmp_root_source if tmp_root is not None else "default"
         self.keep = keep
         self.requested = requested
         """How the user chose it (local, or auto), for the report header."""
@@ -63,12 +75,14 @@ class LocalBackend:
 
     @cached_property
     def pgbouncer_binary(self) -> PgBouncerBinary:
-        return find_pgbouncer(self._pgbouncer_bin)
+        return find_pgbouncer(self._pgbouncer_bin, self._pgbouncer_bin_source)
 
     @property
     def workspace(self) -> Workspace:
         if self._workspace is None:
-            self._workspace = Workspace(self._tmp_root, self.user, keep=self.keep)
+            self._workspace = Workspace(
+                self._tmp_root, self.user, keep=self.keep, source=self._tmp_root_source
+            )
         return self._workspace
 
     @property
@@ -84,11 +98,17 @@ class LocalBackend:
     # --- the Backend protocol ----------------------------------------------------------------
 
     def describe(self) -> str:
+        """'auto, PostgreSQL 15.18 from ... (PATH)': one clause of the report header, also when
+        there is no usable PostgreSQL (the error when a topology starts has the details)."""
         try:
-            found = self.binaries
-            server = found.describe()
+            server = self.binaries.describe()
+        except PostgresNotFoundError:
+            server = (
+                f"no PostgreSQL found (looked in {SEARCHED}; see the error when a topology starts)"
+            )
         except PgtopoError as exc:
-            server = f"no PostgreSQL binaries: {str(exc).splitlines()[0]}"
+            first = str(exc).splitlines()[0].rstrip(":")
+            server = f"no usable PostgreSQL ({first}; see the error when a topology starts)"
         return f"{self.requested}, {server}"
 
     def unavailable(self, topology: str) -> str | None:

@@ -48,7 +48,8 @@ def engine_arguments(
     if tls_mode is not None:
         endpoint = endpoint.with_tls_mode(tls_mode)
     spec = drivers.get(driver)
-    spec.require(kind)
+    # Before the endpoint spells a URL: the suggestion names drivers for this kind of engine.
+    spec.require(kind, multi_host=isinstance(endpoint, MultiHostEndpoint))
     spec.require_installed()
     kwargs = dict(engine_kwargs)
     startup = settings.server_settings()

@@ -8,15 +8,23 @@ else ``nobody``, or ``PGTOPO_SERVER_USER``), with HOME and cwd in a directory th
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pwd
+import queue
 import signal
 import subprocess
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import PgtopoError
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -63,11 +71,60 @@ def chown_tree(path: Path, user: OsUser) -> None:
             os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child after its uid changed, so the parent-death signal survives the switch:
-    # if pytest is killed outright, the server gets SIGQUIT instead of living on as an orphan.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
+@functools.cache
+def parent_death_signal() -> Callable[[], None] | None:
+    """The preexec_fn that has the kernel send SIGQUIT to a server when pytest dies (kill -9
+    included), or None where there is no such thing.
+
+    Linux only: prctl(PR_SET_PDEATHSIG) does not exist on macOS or the BSDs, where ctypes finds
+    no `prctl` symbol (AttributeError) and every spawn would fail. There a server whose pytest
+    was killed outright lives on; the next run still sweeps the dead run's files. The symbol is
+    looked up here, in the parent, once: the child only makes the call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except AttributeError:  # A libc without it: run without the signal rather than not at all.
+        return None
+
+    def die_with_parent() -> None:
+        # Runs in the child after its uid changed, so the signal survives the switch.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
+
+    return die_with_parent
+
+
+# The parent-death signal follows the THREAD that forked the child, not the process: a server
+# forked from a short-lived thread (a topology built in a helper thread) got SIGQUIT the moment
+# that thread ended. So every server is forked by one daemon thread that lives as long as the
+# process, and the signal fires only when the process dies.
+_spawn_requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _serve_spawn_requests() -> None:
+    while True:
+        call, done = _spawn_requests.get()
+        try:
+            done.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - the caller waits for it and raises it
+            done.set_exception(exc)
+
+
+def _in_spawner_thread(call: Callable[[], T]) -> T:
+    """Run `call` (a Popen) in the process's one long-lived spawner thread and return its result."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():  # First use, or a forked child process.
+            _spawner = threading.Thread(
+                target=_serve_spawn_requests, name="pgtopo-spawner", daemon=True
+            )
+            _spawner.start()
+    done: Future[T] = Future()
+    _spawn_requests.put((call, done))
+    return done.result()
 
 
 def _child_env(home: Path, extra: dict[str, str] | None) -> dict[str, str]:
@@ -87,21 +144,30 @@ def spawn(
     die_with_parent: bool = True,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running server process with stdout and stderr going to `log_path`."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=_child_env(cwd, env),
-            start_new_session=True,  # Ctrl-C in the terminal must not reach the server first.
-            preexec_fn=_die_with_parent if die_with_parent else None,
-            user=None if user.is_current else user.uid,
-            group=None if user.is_current else user.gid,
-            extra_groups=None if user.is_current else [],
-        )
+    """Start a long-running server process with stdout and stderr going to `log_path`.
+
+    With `die_with_parent`, the server gets SIGQUIT when this process dies (Linux; see
+    parent_death_signal), and it is forked from the spawner thread, so it outlives the thread
+    that asked for it."""
+    preexec = parent_death_signal() if die_with_parent else None
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=_child_env(cwd, env),
+                start_new_session=True,  # Ctrl-C in the terminal must not reach the server first.
+                preexec_fn=preexec,
+                user=None if user.is_current else user.uid,
+                group=None if user.is_current else user.gid,
+                extra_groups=None if user.is_current else [],
+            )
+
+    return _in_spawner_thread(start) if preexec is not None else start()
 
 
 def run(

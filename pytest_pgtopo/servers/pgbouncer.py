@@ -54,7 +54,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class PgBouncerBinary:
     path: Path
     source: str
-    """Where it was found: the explicit path, PGTOPO_PGBOUNCER_BIN, PATH or a well-known path."""
+    """Where it was found: the channel that configured it (`--pgtopo-pgbouncer-bin`, `ini ...`,
+    `env PGTOPO_PGBOUNCER_BIN`), PATH or a well-known path."""
     version: Version
     """From `pgbouncer --version`: 'PgBouncer 1.18.0' -> (1, 18, 0)."""
 
@@ -66,49 +67,95 @@ class PgBouncerBinary:
         return knows(self.version, setting)
 
 
-def find_pgbouncer(explicit: Path | None = None) -> PgBouncerBinary:
-    """The first pgbouncer binary in: `explicit`, $PGTOPO_PGBOUNCER_BIN, PATH, well-known paths."""
+_CHANNELS = f"--pgtopo-pgbouncer-bin (ini pgtopo_pgbouncer_bin, env {ENV_BIN})"
+_INSTALL = (
+    "Install it with one of:\n"
+    "  Debian/Ubuntu: apt-get install pgbouncer  (installs /usr/sbin/pgbouncer)\n"
+    "  macOS:         brew install pgbouncer\n"
+    f"  any platform:  point {_CHANNELS} at the pgbouncer binary"
+)
+
+
+def find_pgbouncer(
+    explicit: Path | None = None, explicit_source: str = "explicit path"
+) -> PgBouncerBinary:
+    """The first pgbouncer binary in: `explicit`, $PGTOPO_PGBOUNCER_BIN, PATH, well-known paths.
+
+    `explicit_source` names the channel `explicit` came from (an option, `ini ...`, `env ...`).
+    """
     tried: list[str] = []
-    for source, candidate in _candidates(explicit):
+    for source, candidate in _candidates(explicit, explicit_source):
         if candidate is None:
             continue
         tried.append(f"{source}: {candidate}")
+        configured = source in (explicit_source, f"env {ENV_BIN}")
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return PgBouncerBinary(candidate, source, _version(candidate))
-        if source in ("explicit path", ENV_BIN):
+            return PgBouncerBinary(candidate, source, _version(candidate, source, configured))
+        if configured:
             # A configured path that is wrong is a mistake to report, not a reason to look elsewhere.
             raise BinaryNotFoundError(
-                f"{source} is {candidate}, which is not an executable pgbouncer binary"
+                f"{source} is {candidate}, which is not an executable file; point {_CHANNELS} at the "
+                f"pgbouncer binary, or unset it to search PATH and {_well_known()}.\n{_INSTALL}"
             )
     raise BinaryNotFoundError(
         "PgBouncer was not found. Looked in:\n  "
         + "\n  ".join(tried or ["(nowhere)"])
-        + "\nInstall it with one of:\n"
-        "  Debian/Ubuntu: apt-get install pgbouncer  (installs /usr/sbin/pgbouncer)\n"
-        "  macOS:         brew install pgbouncer\n"
-        f"  any platform:  set {ENV_BIN} to the pgbouncer binary"
+        + f"\n{_INSTALL}"
     )
 
 
-def _candidates(explicit: Path | None) -> Iterator[tuple[str, Path | None]]:
-    yield "explicit path", explicit
+def _candidates(explicit: Path | None, explicit_source: str) -> Iterator[tuple[str, Path | None]]:
+    yield explicit_source, explicit
     from_env = os.environ.get(ENV_BIN)
-    yield ENV_BIN, Path(from_env) if from_env else None
+    yield f"env {ENV_BIN}", Path(from_env) if from_env else None
     on_path = shutil.which("pgbouncer")
     yield "PATH", Path(on_path) if on_path else None
     for path in WELL_KNOWN_PATHS:
         yield "well-known path", path
 
 
-def _version(path: Path) -> Version:
+def _well_known() -> str:
+    return ", ".join(str(path.parent) for path in WELL_KNOWN_PATHS)
+
+
+def _version(path: Path, source: str, configured: bool) -> Version:
+    """`pgbouncer --version`, or an error naming where `path` came from and how to fix that."""
     # `pgbouncer --version` runs fine as root; only serving refuses root.
+    command = f"`{path} --version`"
     try:
         out = subprocess.run(
-            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=True
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
         )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BinaryNotFoundError(f"{path} --version failed: {exc}") from None
-    return parse_version(out.stdout or out.stderr)
+    except subprocess.TimeoutExpired:
+        problem = f"{command} did not answer in 30 s"
+    except OSError as exc:
+        problem = f"{command} could not start: {exc.strerror}"
+    else:
+        printed = (out.stdout or out.stderr).strip()
+        if out.returncode == 0 and re.search(r"PgBouncer \d", printed):
+            return parse_version(printed)
+        first = repr(printed.splitlines()[0]) if printed else "nothing"
+        problem = (
+            f"{command} exited with status {out.returncode} (it printed {first})"
+            if out.returncode != 0
+            else f"{command} printed no PgBouncer version (it printed {first})"
+        )
+    if configured:
+        what = (
+            f"{source}={path}"
+            if source.startswith(("--", "ini ", "env "))
+            else f"{path} ({source})"
+        )
+        fix = f"point {_CHANNELS} at a working pgbouncer, or unset it to search PATH and {_well_known()}"
+    elif source == "PATH":
+        what = f"pgbouncer found on PATH ({path})"
+        fix = f"repair or remove it, or point {_CHANNELS} at a working pgbouncer"
+    else:
+        what = f"{path} (a well-known place, searched after PATH)"
+        fix = f"repair or remove it, or point {_CHANNELS} at a working pgbouncer"
+    raise BinaryNotFoundError(
+        f"{what} does not run as pgbouncer: {problem}. Fix: {fix}.\n{_INSTALL}"
+    )
 
 
 def check_settings(binary: PgBouncerBinary, settings: Mapping[str, str]) -> None:
