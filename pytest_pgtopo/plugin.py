@@ -348,6 +348,18 @@ def pg_plain_database(
     yield from _test_database(request, pgtopo_session, pg_plain, pgtopo_schema)
 
 
+@pytest.fixture(scope="session")
+def pg_plain_shared_database(
+    pg_plain: PlainTopology, pgtopo_session: PgtopoSession, pgtopo_schema: SchemaSource
+) -> Endpoint:
+    """One database on pg_plain with the schema loaded, shared by the whole session (dropped at
+    its end): for session-scoped engines or expensive read-mostly data. Not isolated: every test
+    using it sees the others' committed writes (per-test isolation is pg_plain_database)."""
+    with _skip_if_unavailable():
+        name = pgtopo_session.databases(pg_plain).shared(pgtopo_schema)
+    return pg_plain.primary.with_dbname(name)
+
+
 @pytest.fixture
 def pg_bouncer_database(
     request: pytest.FixtureRequest,
