@@ -29,6 +29,7 @@ from .recipes.engines import create_async_engine, create_engine
 from .recipes.pooler import Pooler
 from .recipes.settings import SessionSettings
 from .rollback import begin_outer_transaction, rollback_engine_kwargs, rollback_outer_transaction
+from .servers.watchdog import OWNER_ENV
 from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
@@ -56,6 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        # The run's owner: every watchdog of this run (xdist workers' too) stops its servers
+        # when this process is gone, not only when its own pytest process is.
+        os.environ[OWNER_ENV] = str(os.getpid())
     try:
         session = PgtopoSession(config_module.resolve(config))
         if session.config.pg_version:

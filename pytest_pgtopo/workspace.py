@@ -10,16 +10,19 @@ the check that failed and the fix, not a raw OSError or a server's "Permission d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
 from pathlib import Path
 
 from .errors import PgtopoError
 from .runners.local import OsUser, chown_tree
+from .servers.watchdog import watchdog
 
 _PREFIX = "pgtopo-"
 _KEPT_PREFIX = "pgtopo-kept-"
@@ -64,6 +67,9 @@ class Workspace:
             ) from None
         self.user = user
         chown_tree(self.path, user)
+        self.keep = keep
+        if not keep:  # Removed by the watchdog too if pytest dies before remove().
+            watchdog().register_directory(self.path)
 
     def subdir(self, name: str) -> Path:
         """A fresh directory for one server, owned by the server user; `name-2` if `name` exists."""
@@ -77,6 +83,8 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if not self.keep:
+            watchdog().unregister_directory(self.path)
 
 
 def check_root(root: Path, user: OsUser, source: str = "default") -> None:
@@ -151,7 +159,23 @@ def sweep_stale(root: Path) -> None:
             continue
         pid_text = entry.name[len(_PREFIX) :].split("-", 1)[0]
         if pid_text.isdigit() and not _alive(int(pid_text)):
+            _kill_leftover_servers(entry)  # A run killed before its watchdog could act.
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _kill_leftover_servers(workspace: Path) -> None:
+    """SIGKILL the servers a dead run left in `workspace`: the pids in their pid files, if that
+    process still runs from this workspace (a reused pid belongs to someone else)."""
+    pid_files = [*workspace.glob("*/data/postmaster.pid"), *workspace.glob("*/pgbouncer.pid")]
+    for pid_file in pid_files:
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # Gone already, or no /proc to prove it is ours: leave it alone.
+        if str(workspace) in command:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

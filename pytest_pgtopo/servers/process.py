@@ -21,6 +21,7 @@ from ..errors import ServerStartError
 from ..runners import local
 from ..runners.local import OsUser
 from ..types import LOOPBACK
+from .watchdog import watchdog
 
 START_TIMEOUT = 60.0
 _PORT_ATTEMPTS = 5
@@ -89,6 +90,8 @@ class ServerProcess:
                 log_path=self.log_path,
                 die_with_parent=not self.keep,
             )
+            if not self.keep:  # A kept server must outlive pytest; the rest die with it.
+                watchdog().register_process(self.process.pid, self.stop_steps[0][0])
             try:
                 admin = wait_until_connectable(
                     endpoint_at(chosen), timeout=START_TIMEOUT, alive=self.is_running
@@ -123,10 +126,17 @@ class ServerProcess:
             process.wait(grace)
         except subprocess.TimeoutExpired:
             self.stop()
+        self._forget()
 
     def stop(self) -> None:
         """Stop by escalating through `stop_steps`, SIGKILL last."""
         local.stop_escalating(self.process, (*self.stop_steps, (signal.SIGKILL, 10.0)))
+        self._forget()
+
+    def _forget(self) -> None:
+        # Stopped by us: the watchdog must not signal the pid later (it may be reused).
+        if self.process is not None and not self.keep and self.process.poll() is not None:
+            watchdog().unregister_process(self.process.pid)
 
     def _explain(self, exc: BaseException, argv: Sequence[str]) -> str:
         return local.explain_start_failure(
