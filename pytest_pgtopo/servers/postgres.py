@@ -10,7 +10,6 @@ import dataclasses
 import secrets
 import shutil
 import signal
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ..tls import TlsClient
 from ..types import LOOPBACK
 from .binaries import PgBinaries
 from .initdb_cache import SUPERUSER, CachedCluster
-from .process import ServerProcess
+from .process import RunsAProcess, ServerProcess
 
 # Durability off: a test server never has to survive a crash, and these make it several times faster.
 FAST_SETTINGS: dict[str, str] = {
@@ -35,7 +34,7 @@ FAST_SETTINGS: dict[str, str] = {
 STOP_MODES = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
 
-class PostgresServer:
+class PostgresServer(RunsAProcess):
     """A running PostgreSQL server in `directory` (data/, socket/, postgres.log)."""
 
     def __init__(
@@ -93,15 +92,6 @@ class PostgresServer:
         if self._admin is None:
             raise RuntimeError(f"server {self.name} is not running")
         return self._admin
-
-    @property
-    def process(self) -> subprocess.Popen[bytes] | None:
-        """The Popen of the server process (None before start), for tests of this backend."""
-        return self.runner.process
-
-    @property
-    def pid(self) -> int | None:
-        return self.runner.pid
 
     def start_from(self, cluster: CachedCluster) -> None:
         """Copy the cached cluster into place, start it, and give the superuser a fresh password."""
@@ -178,12 +168,6 @@ class PostgresServer:
     @property
     def conf_path(self) -> Path:
         return self.data_dir / "postgresql.auto.conf"
-
-    def is_running(self) -> bool:
-        return self.runner.is_running()
-
-    def log_tail(self, lines: int = 20) -> str:
-        return self.runner.log_tail(lines)
 
     def stop_process(self, mode: str = "fast") -> None:
         """Stop the server but keep its files: `fast` (SIGINT, clean) or `immediate` (SIGQUIT,

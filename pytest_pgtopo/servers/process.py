@@ -144,6 +144,27 @@ class ServerProcess:
         )
 
 
+class RunsAProcess:
+    """What a server handle backed by one ServerProcess (`self.runner`) answers from it."""
+
+    runner: ServerProcess
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The Popen of the server process (None before start), for tests of this backend."""
+        return self.runner.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.runner.pid
+
+    def is_running(self) -> bool:
+        return self.runner.is_running()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self.runner.log_tail(lines)
+
+
 @contextlib.contextmanager
 def cleanup_on_error() -> Iterator[Callable[[Callable[[], object]], None]]:
     """Register undo steps as resources are made; if the block raises, run them (last first)

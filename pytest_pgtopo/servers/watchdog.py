@@ -88,7 +88,8 @@ def watchdog() -> Watchdog:
 # --- the watchdog process ----------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (someone else's counts too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -103,13 +104,13 @@ def _stop_all(processes: dict[int, int], directories: set[str]) -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
     deadline = time.monotonic() + _GRACE
-    while any(_alive(pid) for pid in processes) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.05)  # Not our children: no waitpid, so poll until they are gone.
     for pid in processes:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + _GRACE
-    while any(_alive(pid) for pid in processes) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
@@ -125,7 +126,7 @@ def main(owner: int) -> None:
     while True:
         ready, _, _ = select.select([stdin], [], [], _POLL)
         if not ready:
-            if not _alive(owner):
+            if not alive(owner):
                 break
             continue
         chunk = os.read(stdin, 65536)
