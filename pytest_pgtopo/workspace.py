@@ -58,6 +58,9 @@ class Workspace:
         check_root(root, user, source)
         prefix = _KEPT_PREFIX if keep else f"{_PREFIX}{os.getpid()}-"
         self.path = root / f"{prefix}{secrets.token_hex(4)}"
+        self.keep = keep
+        if not keep:  # Before mkdir: an interrupt right after it still leaves nothing behind.
+            watchdog().register_directory(self.path)
         try:
             self.path.mkdir(mode=0o700)
         except OSError as exc:  # What the checks cannot foresee (a quota, a race).
@@ -67,9 +70,6 @@ class Workspace:
             ) from None
         self.user = user
         chown_tree(self.path, user)
-        self.keep = keep
-        if not keep:  # Removed by the watchdog too if pytest dies before remove().
-            watchdog().register_directory(self.path)
 
     def subdir(self, name: str) -> Path:
         """A fresh directory for one server, owned by the server user; `name-2` if `name` exists."""
