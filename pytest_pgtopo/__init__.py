@@ -27,6 +27,7 @@ from .recipes.pooler import PgBouncerPooler, Pooler, durable_settings_sql
 from .recipes.settings import SessionSettings
 from .recipes.tenancy import search_path_on_connect, search_path_value, tenant
 from .recipes.transaction_settings import aset_local, set_local
+from .schema_cache import KeyedSchema, cached_schema
 from .tls import TlsClient, TlsMode
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
@@ -47,6 +48,7 @@ __all__ = [
     "Endpoint",
     "Finding",
     "IsolationMode",
+    "KeyedSchema",
     "MultiHostEndpoint",
     "PgBouncerPooler",
     "PgtopoAuditError",
@@ -68,6 +70,7 @@ __all__ = [
     "aset_local",
     "audit_async_engine",
     "audit_engine",
+    "cached_schema",
     "create_async_engine",
     "create_engine",
     "durable_settings_sql",

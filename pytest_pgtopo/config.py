@@ -143,6 +143,19 @@ OPTIONS: tuple[Option[Any], ...] = (
         _choice(*AUDIT_MODES),
     ),
     Option(
+        "schema_cache",
+        "keep a pg_dump of each loaded pgtopo_schema (a MetaData, a .sql file, or a callable "
+        "given a key with cached_schema()) under PGTOPO_CACHE_DIR and restore it instead of "
+        "loading again, in other xdist workers and later runs: on (default) or off",
+        _bool,
+    ),
+    Option(
+        "schema_cache_dir",
+        "where --pgtopo-schema-cache keeps its dumps (default: $PGTOPO_CACHE_DIR/schemas, else "
+        "~/.cache/pytest-pgtopo/schemas); created if missing",
+        lambda value: Path(value).expanduser() if value else None,
+    ),
+    Option(
         "tmpdir",
         "where server data goes (default: /dev/shm if roomy, else the temp dir)",
         _directory,
@@ -165,6 +178,8 @@ class PgtopoConfig:
     isolation: IsolationMode = "database"
     audit: str = "off"
     tmpdir: Path | None = None
+    schema_cache: bool = True
+    schema_cache_dir: Path | None = None
     sources: tuple[tuple[str, str], ...] = ()
     """(key, channel) for every setting not at its default, e.g. ('driver', 'env PGTOPO_DRIVER')."""
 

@@ -36,6 +36,7 @@ from .errors import PgtopoError, PgtopoWarning
 from .quoting import quote_ident, quote_literal
 from .recipes.pooler import durable_settings_sql
 from .recipes.settings import SessionSettings
+from .schema_cache import KeyedSchema, Outcome, SchemaCache
 from .types import DatabaseServer, IsolationMode, SchemaSource
 
 TEMPLATE_DB = "pgtopo_template"
@@ -87,10 +88,18 @@ class Databases:
     """
 
     def __init__(
-        self, server: DatabaseServer, *, before_drop: Callable[[str], None] | None = None
+        self,
+        server: DatabaseServer,
+        *,
+        before_drop: Callable[[str], None] | None = None,
+        schema_cache: SchemaCache | None = None,
     ) -> None:
-        """`before_drop(name)` lets go of what holds a database before it is dropped."""
+        """`before_drop(name)` lets go of what holds a database before it is dropped;
+        `schema_cache` restores a schema loaded before instead of loading it again."""
         self.server = server
+        self.schema_cache = schema_cache
+        self.fills: list[Outcome] = []
+        """How each template of this server got its schema, in order (for tests and reports)."""
         self._before_drop = before_drop
         self._templates: dict[int, tuple[SchemaSource, str]] = {}
         self._failed: dict[int, tuple[SchemaSource, SchemaLoadError]] = {}
@@ -210,11 +219,13 @@ class Databases:
             name = f"{TEMPLATE_DB}_{token}_{next(self._template_counter)}"
             self.admin.execute(f"CREATE DATABASE {name}")
             try:
-                load_schema(schema, self.server, name)
-            except SchemaLoadError as exc:
-                self._failed[id(schema)] = (schema, exc)  # Holding `schema` keeps its id unique.
+                self.fills.append(self._fill(schema, name))
+            except BaseException as exc:
+                if isinstance(exc, SchemaLoadError):  # The next test gets it again, at once.
+                    self._failed[id(schema)] = (schema, exc)  # Holding `schema` keeps its id.
                 # FORCE: a connection the user's callable leaked must not keep it.
-                self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                with contextlib.suppress(Exception):
+                    self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                 raise
             # No connections allowed: a stray one would make every clone fail with
             # 'source database "pgtopo_template" is being accessed by other users'.
@@ -224,6 +235,15 @@ class Databases:
             self._templates[id(schema)] = (schema, name)  # Holding `schema` keeps its id unique.
             self.drop_later(name, at_close=True)
             return name
+
+    def _fill(self, schema: SchemaSource, name: str) -> Outcome:
+        def load() -> None:
+            load_schema(schema, self.server, name)
+
+        if self.schema_cache is None:
+            load()
+            return "uncached"
+        return self.schema_cache.fill(schema, self.server, name, load)
 
     def wait_for_drops(self) -> None:
         """Block until every database handed to drop_later() is gone."""
@@ -304,7 +324,8 @@ def load_schema(schema: SchemaSource, server: DatabaseServer, dbname: str) -> No
         if isinstance(schema, sqlalchemy.MetaData):
             what = "MetaData.create_all()"
         else:
-            what = f"{getattr(schema, '__qualname__', repr(schema))}()"
+            loader = schema.load if isinstance(schema, KeyedSchema) else schema
+            what = f"{getattr(loader, '__qualname__', repr(loader))}()"
         raise SchemaLoadError(
             f"loading pgtopo_schema with {what} failed: {type(exc).__name__}: {exc}",
             traceback_helps=True,

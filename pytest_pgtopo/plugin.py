@@ -65,6 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
         session = PgtopoSession(config_module.resolve(config))
         if session.config.pg_version:
             session.server_builds()  # A version that is not installed: a usage error, now.
+        cache = session.schema_cache()
+        if cache is not None:
+            cache.check()  # An unwritable cache directory: a usage error, now.
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session

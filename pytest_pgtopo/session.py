@@ -23,8 +23,10 @@ from .errors import (
     PgtopoWarning,
     TopologyUnavailableError,
 )
+from .schema_cache import SchemaCache
 from .servers.binaries import PgBinaries, find_all_pg_binaries, select_versions
 from .servers.process import release_all
+from .servers.wheel_binaries import default_cache_root
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
 from .topologies.plain import PlainTopology
@@ -55,6 +57,7 @@ class PgtopoSession:
     _backends: dict[int | None, Backend] = field(default_factory=dict)
     _builds: list[PgBinaries] | None = None
     _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
+    _client_builds: dict[int, PgBinaries] | None = None
 
     # --- servers: one build and one backend per selected PostgreSQL major --------------------
 
@@ -179,9 +182,32 @@ class PgtopoSession:
         key = (id(topology), id(topology.database_server))
         if key not in self._databases:
             self._databases[key] = Databases(
-                topology.database_server, before_drop=topology.release_database
+                topology.database_server,
+                before_drop=topology.release_database,
+                schema_cache=self.schema_cache(),
             )
         return self._databases[key]
+
+    def schema_cache(self) -> SchemaCache | None:
+        """Loaded schemas kept across workers and runs; None with --pgtopo-schema-cache=off."""
+        if not self.config.schema_cache:
+            return None
+        root = self.config.schema_cache_dir or default_cache_root() / "schemas"
+        return SchemaCache(root, self._client_tools)
+
+    def _client_tools(self, major: int) -> PgBinaries | None:
+        """pg_dump and pg_restore for a server of `major`: the run's own build of that major,
+        else the oldest installed one at least as new (an external server); None if none."""
+        for build in self.server_builds():
+            if build.major == major:
+                return build
+        if self._client_builds is None:
+            try:
+                self._client_builds = find_all_pg_binaries()
+            except PgtopoError:
+                self._client_builds = {}
+        newer = [build for m, build in self._client_builds.items() if m >= major]
+        return newer[0] if newer else None
 
     def keep_report(self) -> list[str]:
         """What --pgtopo-keep left behind and a shell line that stops and removes it."""
