@@ -21,10 +21,10 @@ from pytest_pgtopo import create_engine
 from pytest_pgtopo.backends.local import LocalBackend
 from pytest_pgtopo.databases import Databases
 from pytest_pgtopo.runners import local
+from pytest_pgtopo.runners.host import default_root
 from pytest_pgtopo.servers.initdb_cache import SUPERUSER, CachedCluster
 from pytest_pgtopo.servers.process import free_port
 from pytest_pgtopo.topologies.plain import PlainTopology
-from pytest_pgtopo.workspace import default_root
 
 # isort: split
 # bench/common.py: `python bench/<name>.py` puts bench/ on sys.path, so it imports as `common`.

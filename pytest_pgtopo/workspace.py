@@ -17,33 +17,20 @@ import secrets
 import shutil
 import signal
 import stat
-import tempfile
 from pathlib import Path
 
 from .errors import PgtopoError
+from .runners.host import command_line
 from .runners.local import OsUser, chown_tree
 from .servers.watchdog import alive, watchdog
 
 _PREFIX = "pgtopo-"
 _KEPT_PREFIX = "pgtopo-kept-"
-_MIN_TMPFS_FREE = 1 << 30  # Docker's default 64 MB /dev/shm is too small for a server or two.
 MIN_FREE = 128 << 20
 """Free space a workspace's root needs at start-up (128 MiB): each server starts from a copy of
 the cached initdb cluster (~40 MB), its per-test databases take ~8 MB each while they live, and
 a first run's initdb stages one more cluster there. Topologies with several servers need more."""
 _CHANNELS = "--pgtopo-tmpdir (ini pgtopo_tmpdir, env PGTOPO_TMPDIR)"
-
-
-def default_root() -> Path:
-    """/dev/shm when it is a writable tmpfs with at least 1 GiB free, else the system temp dir."""
-    shm = Path("/dev/shm")
-    try:
-        usage = shutil.disk_usage(shm)
-        if os.access(shm, os.W_OK) and usage.free >= _MIN_TMPFS_FREE:
-            return shm
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir())
 
 
 class Workspace:
@@ -170,9 +157,10 @@ def _kill_leftover_servers(workspace: Path) -> None:
     for pid_file in pid_files:
         try:
             pid = int(pid_file.read_text().split()[0])
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except (OSError, ValueError, IndexError):
-            continue  # Gone already, or no /proc to prove it is ours: leave it alone.
-        if str(workspace) in command:
+            continue
+        command = command_line(pid)
+        # Gone already, or not provably ours (a reused pid is someone else's): leave it alone.
+        if command is not None and str(workspace) in command:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

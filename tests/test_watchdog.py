@@ -102,10 +102,19 @@ def _kill_and_time(proc: subprocess.Popen[bytes], pids: list[int], scratch: Path
     return time.monotonic() - start
 
 
-@pytest.mark.parametrize("how", ["foreground", "background job"])
+# Inner conftests forcing the fallbacks of systems without prctl or /proc (macOS, the BSDs).
+NO_PRCTL = "import pytest_pgtopo.runners.local as local\nlocal.parent_death_signal = lambda: None\n"
+NO_PROC = (
+    "import pytest_pgtopo.runners.host as host, pathlib\nhost.PROC = pathlib.Path('/nonexistent')\n"
+)
+
+
+@pytest.mark.parametrize("how", ["foreground", "background job", "without prctl"])
 def test_kill_9_stops_postgres_and_pgbouncer_and_removes_the_workspace(
     inner: pytest.Pytester, scratch: Path, how: str
 ) -> None:
+    if how == "without prctl":  # Only the watchdog, as on macOS.
+        inner.makeconftest(NO_PRCTL)
     inner.makepyfile(ONE_TEST)
     proc = _spawn(inner, scratch, preexec=_as_background_job if how != "foreground" else None)
     try:
@@ -130,8 +139,9 @@ def test_kill_9_of_an_xdist_controller_stops_its_workers_servers(
         proc.kill()
 
 
+@pytest.mark.parametrize("lookup", ["/proc", "ps (no /proc)"])
 def test_a_run_whose_watchdog_died_too_is_swept_processes_first(
-    inner: pytest.Pytester, scratch: Path
+    inner: pytest.Pytester, scratch: Path, lookup: str
 ) -> None:
     inner.makepyfile(ONE_TEST)
     proc = _spawn(inner, scratch, preexec=_as_background_job)
@@ -146,6 +156,8 @@ def test_a_run_whose_watchdog_died_too_is_swept_processes_first(
         proc.kill()
     for path in inner.path.glob("started-*.json"):
         path.unlink()
+    if lookup != "/proc":  # The next run tells its leftovers by `ps`, as on macOS.
+        inner.makeconftest(NO_PROC)
     inner.makepyfile("def test_quick(pg_plain): pass")
     inner.runpytest_subprocess(f"--pgtopo-tmpdir={scratch}").assert_outcomes(passed=1)
     assert not any(_alive(pid) for pid in pids), "the next run stopped what the dead one left"

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..endpoint import Endpoint
 from ..errors import PgtopoError
 from ..runners import local
+from ..runners.host import default_root
 from ..servers.binaries import (
     SEARCHED,
     PgBinaries,
@@ -27,7 +28,7 @@ from ..servers.pgbouncer import PgBouncer, PgBouncerBinary, check_settings, find
 from ..servers.postgres import PostgresServer
 from ..servers.process import cleanup_on_error
 from ..tls import TlsClient
-from ..workspace import Workspace, default_root
+from ..workspace import Workspace
 from .base import PostgresHandle, ServerHandle
 
 

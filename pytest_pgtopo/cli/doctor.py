@@ -15,12 +15,13 @@ from .. import drivers
 from ..config import PgtopoConfig
 from ..errors import BinaryNotFoundError, PgtopoError
 from ..runners import local
+from ..runners.host import default_root
 from ..runners.local import OsUser
 from ..servers.binaries import PgBinaries, find_all_pg_binaries
 from ..servers.initdb_cache import default_cache_root
 from ..servers.pgbouncer import PgBouncerBinary, find_pgbouncer
 from ..session import PgtopoSession
-from ..workspace import MIN_FREE, check_root, default_root
+from ..workspace import MIN_FREE, check_root
 from .common import DEFAULT_TOPOLOGIES, PROG, TOPOLOGIES, _config
 
 

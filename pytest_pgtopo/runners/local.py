@@ -7,14 +7,10 @@ else ``nobody``, or ``PGTOPO_SERVER_USER``), with HOME and cwd in a directory th
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import pwd
 import queue
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -23,10 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import PgtopoError
+from .host import parent_death_signal
 
 T = TypeVar("T")
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -69,30 +64,6 @@ def chown_tree(path: Path, user: OsUser) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
-
-
-@functools.cache
-def parent_death_signal() -> Callable[[], None] | None:
-    """The preexec_fn that has the kernel send SIGQUIT to a server when pytest dies (kill -9
-    included), or None where there is no such thing.
-
-    Linux only: prctl(PR_SET_PDEATHSIG) does not exist on macOS or the BSDs, where ctypes finds
-    no `prctl` symbol (AttributeError) and every spawn would fail. There a server whose pytest
-    was killed outright lives on; the next run still sweeps the dead run's files. The symbol is
-    looked up here, in the parent, once: the child only makes the call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except AttributeError:  # A libc without it: run without the signal rather than not at all.
-        return None
-
-    def die_with_parent() -> None:
-        # Runs in the child after its uid changed, so the signal survives the switch.
-        prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
-
-    return die_with_parent
 
 
 # The parent-death signal follows the THREAD that forked the child, not the process: a server
