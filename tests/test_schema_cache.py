@@ -3,9 +3,6 @@ loading it, and a changed schema is loaded afresh, never served stale."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -157,38 +154,6 @@ def test_an_unwritable_cache_directory_is_a_usage_error(inner: pytest.Pytester, 
     )
     # With the cache off, the directory is not needed.
     inner.runpytest(unwritable, "--pgtopo-schema-cache=off").assert_outcomes(passed=1)
-
-
-def test_xdist_workers_and_a_concurrent_run_load_the_schema_once(tmp_path: Path, scratch: Path):
-    """Two runs at once, each with two xdist workers, each worker with its own server: the
-    slow migration runs once in all; every other worker waits for it and restores the dump."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "conftest.py").write_text(
-        CALLABLE_CONFTEST.format(column="label", key="rev-1").replace(
-            "def migrate(engine):", "def migrate(engine):\n    import time; time.sleep(1)"
-        )
-    )
-    tests = "\n".join(
-        f"def test_{n}(pg_sync_engine):\n"
-        "    with pg_sync_engine.connect() as conn:\n"
-        "        assert conn.execute(sa.text('SELECT count(*) FROM items')).scalar() == 2\n"
-        for n in range(8)
-    )
-    (suite / "test_items.py").write_text("import sqlalchemy as sa\n\n" + tests)
-    (suite / "pytest.ini").write_text("[pytest]\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTOPO_")}
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_pgtopo", "-n", "2", "-q",
-               "-p", "no:cacheprovider", f"--pgtopo-schema-cache-dir={scratch}"]  # fmt: skip
-    runs = [
-        subprocess.Popen(command, cwd=suite, env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, output
-        assert "8 passed" in output, output
-    assert (suite / "loads.log").read_text().splitlines() == ["load"]
 
 
 def test_fingerprints_follow_the_source(tmp_path: Path):
