@@ -23,6 +23,7 @@ import secrets
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,9 @@ class Databases:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._template_counter = itertools.count()
-        self._dropper: _Dropper | None = None
+        self._worker: _Background | None = None
+        self._prefetched: dict[str, Future[str]] = {}
+        """Per template, the clone the background thread is making for the next test."""
         self._token: str | None = None
         self._at_close: list[str] = []
 
@@ -172,11 +175,38 @@ class Databases:
             self.drop_later(database.name)
 
     def create(self, label: str, schema: SchemaSource = None) -> str:
-        """A fresh database for one test; `label` (the test name) makes it recognisable."""
+        """A fresh database for one test; `label` (the test name) makes it recognisable.
+
+        The clone is made ahead: while a test runs, the background thread clones the
+        template for the next one, and the next test only renames it (~1 ms instead of a
+        ~15 ms CREATE DATABASE on its critical path)."""
         template = self.template(schema)
         name = _database_name(f"{self.token}_{next(self._counter)}", label)
-        self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {template}")
+        ready = self._take_prefetched(template)
+        if ready is not None:
+            self.admin.execute(f"ALTER DATABASE {quote_ident(ready)} RENAME TO {quote_ident(name)}")
+        else:
+            self.admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {template}")
+        self._prefetch(template)
         return name
+
+    def _prefetch(self, template: str) -> None:
+        """Clone `template` in the background for the next test that needs it."""
+        name = f"pgtopo_{self.token}_{next(self._counter)}_next"
+        self._prefetched[template] = self._background().run(
+            f"CREATE DATABASE {quote_ident(name)} TEMPLATE {template}", result=name
+        )
+
+    def _take_prefetched(self, template: str) -> str | None:
+        """The clone made ahead for `template`, once it exists; None if there is none or
+        making it failed (the caller's own CREATE then says why, in the test)."""
+        ahead = self._prefetched.pop(template, None)
+        if ahead is None:
+            return None
+        try:
+            return ahead.result(timeout=_BACKGROUND_TIMEOUT)
+        except Exception:  # noqa: BLE001 - the synchronous CREATE reports the real problem.
+            return None
 
     def drop_later(self, name: str, *, at_close: bool = False) -> None:
         """Drop in the background; close() waits for every pending drop. `at_close` waits
@@ -184,9 +214,12 @@ class Databases:
         if at_close:
             self._at_close.append(name)
             return
-        if self._dropper is None:
-            self._dropper = _Dropper(self.server, self._before_drop)
-        self._dropper.submit(name)
+        self._background().drop(name)
+
+    def _background(self) -> _Background:
+        if self._worker is None:
+            self._worker = _Background(self.server, self._before_drop)
+        return self._worker
 
     def shared(self, schema: SchemaSource = None) -> str:
         """The one database every test with this schema shares in rollback mode."""
@@ -247,13 +280,17 @@ class Databases:
 
     def wait_for_drops(self) -> None:
         """Block until every database handed to drop_later() is gone."""
-        if self._dropper is not None:
-            self._dropper.close()
-            self._dropper = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def close(self) -> None:
         """Drop what is pending, then the session's templates and shared databases; then let
         go of the run's lock (only once all is dropped: what is left stays sweepable)."""
+        for template in list(self._prefetched):  # Made for tests that never came.
+            ready = self._take_prefetched(template)
+            if ready is not None:
+                self.drop_later(ready)
         for name in self._at_close:
             self.drop_later(name)
         self._at_close.clear()
@@ -410,31 +447,29 @@ def _database_name(number: str, label: str) -> str:
     return f"pgtopo_{number}_{slug}"[:_MAX_IDENT]
 
 
-class _Dropper:
-    """A thread with its own connection that drops databases as tests finish with them."""
+_BACKGROUND_TIMEOUT = 120.0  # Seconds to wait for the background thread (a clone, the drops).
+_Job = Callable[[Callable[[], AdminConnection]], None]
+"""A background job: given the thread's admin connection (made on first use), does one thing."""
+
+
+class _Background:
+    """A thread with its own connection that drops databases as tests finish with them and
+    clones templates ahead of the tests that will need them, in the order asked."""
 
     def __init__(self, server: DatabaseServer, before_drop: Callable[[str], None] | None) -> None:
         self._server = server
         self._before_drop = before_drop
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._errors: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="pgtopo-dropper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pgtopo-databases", daemon=True)
         self._thread.start()
 
-    def submit(self, name: str) -> None:
-        self._queue.put(name)
+    def drop(self, name: str) -> None:
+        """Drop `name`; a failure is reported by close(), in the main thread."""
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=120)
-        if self._errors:
-            raise PgtopoError("could not drop test databases:\n" + "\n".join(self._errors))
-
-    def _run(self) -> None:
-        admin = None
-        while (name := self._queue.get()) is not None:
+        def job(connection: Callable[[], AdminConnection]) -> None:
             try:
-                admin = admin or AdminConnection(self._server.endpoint)
+                admin = connection()
                 if self._before_drop is not None:
                     # Best effort (the pooler may be restarting): FORCE below is the guarantee.
                     with contextlib.suppress(Exception):
@@ -443,8 +478,43 @@ class _Dropper:
                     admin.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
                 # FORCE ends any connection a test leaked instead of failing the drop.
                 admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-            except Exception as exc:  # noqa: BLE001 - reported from close(), in the main thread.
+            except Exception as exc:  # noqa: BLE001 - reported from close().
                 if self._server.is_running():  # A stopped server takes its databases with it.
                     self._errors.append(f"{name}: {exc}")
+
+        self._queue.put(job)
+
+    def run(self, sql: str, *, result: str) -> Future[str]:
+        """Execute `sql`; the future holds `result` once it worked, else the error."""
+        done: Future[str] = Future()
+
+        def job(connection: Callable[[], AdminConnection]) -> None:
+            try:
+                connection().execute(sql)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it.
+                done.set_exception(exc)
+            else:
+                done.set_result(result)
+
+        self._queue.put(job)
+        return done
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=_BACKGROUND_TIMEOUT)
+        if self._errors:
+            raise PgtopoError("could not drop test databases:\n" + "\n".join(self._errors))
+
+    def _run(self) -> None:
+        admin: AdminConnection | None = None
+
+        def connection() -> AdminConnection:  # Made on first use, by the first job.
+            nonlocal admin
+            if admin is None:
+                admin = AdminConnection(self._server.endpoint)
+            return admin
+
+        while (job := self._queue.get()) is not None:
+            job(connection)
         if admin is not None:
             admin.close()

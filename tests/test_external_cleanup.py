@@ -73,9 +73,11 @@ def test_a_later_run_sweeps_a_killed_runs_databases_but_not_a_live_ones(
         )
 
     def databases_of(token: str) -> list[str]:
+        # Not the clone made ahead for a next test (`_next`): it may or may not exist yet.
         rows = admin.rows(
             "SELECT datname FROM pg_database "
-            f"WHERE datname ~ '^pgtopo_(template_|shared_)?{token}_' ORDER BY datname"
+            f"WHERE datname ~ '^pgtopo_(template_|shared_)?{token}_' "
+            "AND datname !~ '_next$' ORDER BY datname"
         )
         return [str(row["datname"]) for row in rows]
 
@@ -105,6 +107,8 @@ def test_a_later_run_sweeps_a_killed_runs_databases_but_not_a_live_ones(
         later = inner.runpytest_subprocess("test_later.py", *external)
         later.assert_outcomes(passed=1)
         assert databases_of(killed_token) == [], "the later run sweeps the killed run's databases"
+        every = f"SELECT count(*) FROM pg_database WHERE datname ~ '^pgtopo_.*{killed_token}'"
+        assert admin.scalar(every) == 0, "its clone made ahead too"
         assert databases_of(alive_token) == alive_databases, "a live run's databases stay"
         assert alive_token in live_runs(admin)
 
@@ -112,6 +116,8 @@ def test_a_later_run_sweeps_a_killed_runs_databases_but_not_a_live_ones(
         out, _ = alive.communicate(timeout=120)
         assert b"1 passed" in out, out.decode()
         assert databases_of(alive_token) == []
+        left = f"SELECT count(*) FROM pg_database WHERE datname ~ '^pgtopo_.*{alive_token}'"
+        assert admin.scalar(left) == 0, "a run that ends drops its clone made ahead"
     finally:
         for proc in (killed, alive):
             proc.kill()
