@@ -20,6 +20,7 @@ from .errors import (
     ServerStartError,
     TopologyUnavailableError,
 )
+from .loadprobe import Failure, LoadProbe, LoadProbeError, ProbeReport
 from .recipes.engines import create_async_engine, create_engine, engine_arguments
 from .recipes.iam import fresh_token_on_connect
 from .recipes.pool_metrics import register_pool_gauges
@@ -30,6 +31,7 @@ from .recipes.transaction_settings import aset_local, set_local
 from .schema_cache import KeyedSchema, cached_schema
 from .tls import TlsClient, TlsMode
 from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.ha import HaTopology
 from .topologies.plain import PlainTopology
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
@@ -46,9 +48,13 @@ __all__ = [
     "DriverNotInstalledError",
     "DriverUnsupportedError",
     "Endpoint",
+    "Failure",
     "Finding",
+    "HaTopology",
     "IsolationMode",
     "KeyedSchema",
+    "LoadProbe",
+    "LoadProbeError",
     "MultiHostEndpoint",
     "PgBouncerPooler",
     "PgtopoAuditError",
@@ -56,6 +62,7 @@ __all__ = [
     "PgtopoWarning",
     "PlainTopology",
     "Pooler",
+    "ProbeReport",
     "ReplicaTopology",
     "SchemaSource",
     "ServerStartError",

@@ -24,6 +24,7 @@ T = TypeVar("T")
 BACKENDS = ("auto", "local", "docker", "external")
 ISOLATION_MODES: tuple[IsolationMode, ...] = ("database", "rollback")
 AUDIT_MODES = ("off", "warn", "error")
+DOCKER_NETWORKS = ("auto", "host", "bridge")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -102,7 +103,8 @@ def _executable(value: str) -> Path | None:
 OPTIONS: tuple[Option[Any], ...] = (
     Option(
         "backend",
-        "where servers run: auto (local), local, docker, external",
+        "where servers run: auto (local binaries if found, else a reachable Docker engine), "
+        "local, docker, external",
         _choice(*BACKENDS),
     ),
     Option(
@@ -130,6 +132,19 @@ OPTIONS: tuple[Option[Any], ...] = (
         str,
     ),
     Option("pgbouncer_bin", "the pgbouncer binary (default: searched)", _executable),
+    Option(
+        "docker_image",
+        "with the docker backend: the image carrying PostgreSQL and PgBouncer; {major} in it is "
+        "replaced by the PostgreSQL major (default pytest-pgtopo:pg{major}, built by "
+        "`pgtopo image build`)",
+        str,
+    ),
+    Option(
+        "docker_network",
+        "with the docker backend: bridge (ports published on 127.0.0.1), host (containers share "
+        "this machine's network), or auto (bridge where the engine has one, else host)",
+        _choice(*DOCKER_NETWORKS),
+    ),
     Option("keep", "leave servers running at exit and print how to reach them", _bool, flag=True),
     Option(
         "isolation",
@@ -173,6 +188,9 @@ class PgtopoConfig:
     """As given: NN[,NN...], all, or '' for the newest; resolved against what is installed by
     the session (a version that is not installed is a usage error)."""
     pgbouncer_bin: Path | None = None
+    docker_image: str = ""
+    """'' means the default, pytest-pgtopo:pg{major}."""
+    docker_network: str = "auto"
     external_url: str | None = None
     keep: bool = False
     isolation: IsolationMode = "database"
@@ -229,10 +247,22 @@ def _check_backend(config: PgtopoConfig) -> None:
             f"pytest-pgtopo: {channel}=external needs the server's URL: "
             "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)"
         )
-    if config.backend == "docker":
+    if config.backend == "docker" and config.pg_version.strip() == "all":
         raise ConfigError(
-            f"pytest-pgtopo: {channel}=docker is not implemented in this release; "
-            "use local (the default) or external"
+            f"pytest-pgtopo: {config.source_of('pg_version')}=all says which servers are "
+            f"installed here; with {channel}=docker name the majors (NN[,NN...]), each run in "
+            "the image --pgtopo-docker-image names for it"
+        )
+    if (
+        config.backend == "docker"
+        and "," in config.pg_version
+        and config.docker_image
+        and "{major}" not in config.docker_image
+    ):
+        raise ConfigError(
+            f"pytest-pgtopo: {config.source_of('pg_version')}={config.pg_version!r} selects "
+            f"several majors, but {config.source_of('docker_image')}={config.docker_image!r} "
+            "names one image; put {major} in it (e.g. myorg/pg-bouncer:{major})"
         )
 
 

@@ -25,6 +25,7 @@ from .credentials import TokenIssuer
 from .databases import SchemaLoadError
 from .endpoint import Endpoint, MultiHostEndpoint
 from .errors import ConfigError, PgtopoError, TopologyUnavailableError
+from .loadprobe import LoadProbe
 from .recipes.engines import create_async_engine, create_engine
 from .recipes.pooler import Pooler
 from .recipes.settings import SessionSettings
@@ -33,6 +34,7 @@ from .servers.watchdog import OWNER_ENV
 from .session import KeptDatabase, PgtopoSession
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.ha import HaTopology
 from .topologies.plain import PlainTopology
 from .topologies.proxied import ProxiedEndpoint
 from .topologies.replica import ReplicaTopology
@@ -65,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session = PgtopoSession(config_module.resolve(config))
         if session.config.pg_version:
             session.server_builds()  # A version that is not installed: a usage error, now.
+        session.check_docker()  # docker with no engine reachable: a usage error, now.
         cache = session.schema_cache()
         if cache is not None:
             cache.check()  # An unwritable cache directory: a usage error, now.
@@ -115,7 +118,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Before fixtures are set up: a pair a previous test promoted or stopped is rebuilt.
-    if "pg_replica_pair" in getattr(item, "fixturenames", ()):
+    if {"pg_replica_pair", "pg_ha"} & set(getattr(item, "fixturenames", ())):
         item.config.stash[SESSION_KEY].restore_replica_pairs()
 
 
@@ -307,6 +310,18 @@ def pg_replica_pair(
 
 
 @pytest.fixture(scope="session")
+@matrix.topology_fixture
+def pg_ha(pgtopo_session: PgtopoSession, pgtopo_pg_version: int | None) -> HaTopology:
+    """pg_replica_pair behind a real HAProxy that routes by asking each node (agent-check):
+    `.primary_endpoint` leads to the primary, `.read_endpoint` to the standbys. Skips, saying
+    `apt-get install haproxy`, where HAProxy is missing. A test may promote, stop, rejoin:
+    the next test that asks for it gets a fresh pair."""
+    topology = _topology(pgtopo_session, "ha", pgtopo_pg_version)
+    assert isinstance(topology, HaTopology)
+    return topology
+
+
+@pytest.fixture(scope="session")
 def pg_tls_sidecar(pg_tls: TlsTopology) -> Iterator[ProxiedEndpoint]:
     """A Cloud SQL Auth Proxy-style sidecar: `.endpoint` is plaintext on 127.0.0.1, and the
     proxy speaks verify-full TLS to pg_tls. `.proxy` injects faults too."""
@@ -323,6 +338,7 @@ def pg_fault_proxy() -> Iterator[Callable[[Endpoint], ProxiedEndpoint]]:
             faulty = pg_fault_proxy(pg_plain_database)
             engine = create_engine(faulty.endpoint, "psycopg")
             faulty.cut()             # also: faulty.proxy.latency = 0.2; faulty.refuse(); faulty.restore()
+                                     # faulty.proxy.swallow(): a black hole (nothing closes)
 
     Every proxy made here closes at the end of the test.
     """
@@ -335,6 +351,29 @@ def pg_fault_proxy() -> Iterator[Callable[[Endpoint], ProxiedEndpoint]]:
     yield make
     for proxied in made:
         proxied.close()
+
+
+@pytest.fixture
+def pg_load_probe() -> Iterator[Callable[..., LoadProbe]]:
+    """Make load probes (`pg_load_probe(engine, readers=1)`) on any sync or async engine; each
+    is stopped at the end of the test even if the test forgot to::
+
+        def test_crash(pg_load_probe, ha_sync_engine, pg_ha):
+            with pg_load_probe(ha_sync_engine) as probe:
+                probe.wait_for_acks(20)
+                pg_ha.stop_primary("immediate"); pg_ha.promote()
+                probe.wait_recovered()
+            assert probe.report().lost == []
+    """
+    made: list[LoadProbe] = []
+
+    def make(engine: Any, **options: Any) -> LoadProbe:
+        made.append(LoadProbe(engine, **options))
+        return made[-1]
+
+    yield make
+    for probe in made:
+        probe.halt()
 
 
 @pytest.fixture
@@ -426,6 +465,26 @@ def pg_replica_database(
     )
 
 
+@pytest.fixture
+def pg_ha_database(
+    request: pytest.FixtureRequest,
+    pg_ha: HaTopology,
+    pgtopo_session: PgtopoSession,
+    pgtopo_schema: SchemaSource,
+) -> Iterator[Endpoint]:
+    """This test's database on pg_ha, replayed on the standby; the endpoint is HAProxy's
+    primary listener (`pg_ha.read_endpoint.with_dbname(...)` for the standbys)."""
+    if pgtopo_session.config.isolation == "rollback":
+        pytest.fail(
+            "pytest-pgtopo: --pgtopo-isolation=rollback cannot serve pg_ha: a standby only sees "
+            "committed work; run the HA tests with --pgtopo-isolation=database (the default).",
+            pytrace=False,
+        )
+    yield from _test_database(
+        request, pgtopo_session, pg_ha, pgtopo_schema, after_create=pg_ha.wait_for_replay
+    )
+
+
 # --- fixtures: engines -----------------------------------------------------------------------
 # Engine fixtures do not name a topology or database fixture as an argument: pytest would set
 # those up first (session-scoped ones before anything else), starting servers for a test whose
@@ -460,7 +519,7 @@ def pgtopo_engine_recipe(
 
 def _after_the_driver_check(request: pytest.FixtureRequest, topology: str, database: str) -> Any:
     """Set up fixture `topology` and this test's `database` on it; return the topology."""
-    if topology == "pg_replica_pair":  # What pytest_runtest_setup does for tests that name it.
+    if topology in ("pg_replica_pair", "pg_ha"):  # What pytest_runtest_setup does for them.
         request.config.stash[SESSION_KEY].restore_replica_pairs()
     value = request.getfixturevalue(topology)
     request.getfixturevalue(database)
@@ -509,6 +568,16 @@ def _pgtopo_replica_engines(
     """pg_replica_pair, with pg_replica_database set up, once the driver passed its check."""
     topology = _after_the_driver_check(request, "pg_replica_pair", "pg_replica_database")
     return cast(ReplicaTopology, topology)
+
+
+@pytest.fixture
+def _pgtopo_ha_engines(
+    request: pytest.FixtureRequest,
+    pgtopo_engine_recipe: EngineRecipe,
+    pgtopo_pg_version: int | None,
+) -> HaTopology:
+    """pg_ha, with pg_ha_database set up, once the driver passed its check."""
+    return cast(HaTopology, _after_the_driver_check(request, "pg_ha", "pg_ha_database"))
 
 
 def _database(request: pytest.FixtureRequest, name: str) -> Endpoint:
@@ -667,6 +736,57 @@ async def failover_engine(
     """An AsyncEngine on both hosts with target_session_attrs=read-write and pool_pre_ping."""
     dbname = _database(request, "pg_replica_database").dbname
     both = _pgtopo_replica_engines.multi_host().with_dbname(dbname)
+    async for engine in pgtopo_engine_recipe.async_engine(both):
+        yield engine
+
+
+@pytest.fixture
+@matrix.engine_fixture("sync")
+def ha_sync_engine(
+    request: pytest.FixtureRequest,
+    _pgtopo_ha_engines: HaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on this test's database through pg_ha's HAProxy primary listener, with
+    pool_pre_ping: after a failover its next checkout lands on the new primary."""
+    yield from pgtopo_engine_recipe.sync_engine(_database(request, "pg_ha_database"))
+
+
+@pytest_asyncio.fixture
+@matrix.engine_fixture("async")
+async def ha_engine(
+    request: pytest.FixtureRequest,
+    _pgtopo_ha_engines: HaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on this test's database through pg_ha's HAProxy primary listener."""
+    async for engine in pgtopo_engine_recipe.async_engine(_database(request, "pg_ha_database")):
+        yield engine
+
+
+@pytest.fixture
+@matrix.engine_fixture("sync", multi_host=True)
+def ha_failover_sync_engine(
+    request: pytest.FixtureRequest,
+    _pgtopo_ha_engines: HaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> Iterator[sqlalchemy.Engine]:
+    """A sync Engine on pg_ha's two nodes through the multi-host URL (target_session_attrs=
+    read-write), bypassing HAProxy: to compare the two paths. Not pg8000."""
+    dbname = _database(request, "pg_ha_database").dbname
+    yield from pgtopo_engine_recipe.sync_engine(_pgtopo_ha_engines.multi_host().with_dbname(dbname))
+
+
+@pytest_asyncio.fixture
+@matrix.engine_fixture("async", multi_host=True)
+async def ha_failover_engine(
+    request: pytest.FixtureRequest,
+    _pgtopo_ha_engines: HaTopology,
+    pgtopo_engine_recipe: EngineRecipe,
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on pg_ha's two nodes through the multi-host URL, bypassing HAProxy."""
+    dbname = _database(request, "pg_ha_database").dbname
+    both = _pgtopo_ha_engines.multi_host().with_dbname(dbname)
     async for engine in pgtopo_engine_recipe.async_engine(both):
         yield engine
 

@@ -6,15 +6,18 @@ No pytest import here: the plugin hands this object its config and calls close()
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import Finding, Target, ports_of
-from .backends import Backend, make_backend
+from .backends import Backend, auto_picks_docker, make_backend
+from .backends.docker import DockerBackend, docker_majors
 from .config import PgtopoConfig
 from .databases import Databases
+from .docker.engine import unreachable_reason
 from .endpoint import Endpoint
 from .errors import (
     ConfigError,
@@ -29,6 +32,7 @@ from .servers.process import release_all
 from .servers.wheel_binaries import default_cache_root
 from .topologies.base import Topology
 from .topologies.bouncer import BouncerOptions, BouncerTopology
+from .topologies.ha import HaTopology
 from .topologies.plain import PlainTopology
 from .topologies.replica import ReplicaTopology
 from .topologies.tls import TlsOptions, TlsTopology
@@ -38,7 +42,17 @@ TOPOLOGY_STARTERS: dict[str, Callable[[Backend], Topology]] = {
     "bouncer": BouncerTopology.start,
     "tls": TlsTopology.start,
     "replica": ReplicaTopology.start,
+    "ha": HaTopology.start,
 }
+
+
+def spare_core() -> bool:
+    """Whether this process can count on a core nobody else in the run uses: a serial run on
+    a multi-core machine, or fewer xdist workers than cores. Measured on 2 cores
+    (bench/vs_pytest_postgresql.py): cloning ahead saves serial runs wall time, but with
+    `-n 2` it costs ~1.1 s of CPU per 200 tests that the other worker needed."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return workers < (os.cpu_count() or 1)
 
 
 @dataclass
@@ -58,6 +72,9 @@ class PgtopoSession:
     _builds: list[PgBinaries] | None = None
     _databases: dict[tuple[int, int], Databases] = field(default_factory=dict)
     _client_builds: dict[int, PgBinaries] | None = None
+    _docker_default_major: int | None = None
+    _auto_docker: bool = False
+    """--pgtopo-backend=auto found no PostgreSQL here and a Docker engine: servers run there."""
 
     # --- servers: one build and one backend per selected PostgreSQL major --------------------
 
@@ -67,12 +84,22 @@ class PgtopoSession:
         the newest found). Empty for the external backend. Raises ConfigError for a version
         that is not installed, BinaryNotFoundError when nothing is."""
         if self._builds is None:
-            self._builds = [] if self.config.backend == "external" else self._select_builds()
+            on_docker = self.config.backend in ("external", "docker")
+            self._builds = [] if on_docker else self._select_builds()
         return self._builds
 
     def _select_builds(self) -> list[PgBinaries]:
         option = self.config.source_of("pg_bindir")
-        found = find_all_pg_binaries(self.config.pg_bindir, option)
+        try:
+            found = find_all_pg_binaries(self.config.pg_bindir, option)
+        except PgtopoError:
+            if self.config.backend == "auto" and auto_picks_docker():
+                self._auto_docker = True  # Nothing installed here; auto runs them in Docker.
+                return []
+            raise
+        if not found and self.config.backend == "auto" and auto_picks_docker():
+            self._auto_docker = True
+            return []
         if self.config.pg_bindir and not self.config.pg_version:
             # A bindir named by the user is the one meant, even with a newer one installed.
             found = {major: b for major, b in found.items() if b.source == option} or found
@@ -84,7 +111,42 @@ class PgtopoSession:
             raise ConfigError(f"pytest-pgtopo: {exc}") from None
 
     def pg_majors(self) -> list[int]:
+        if self.config.backend == "docker" or self._on_auto_docker():
+            return self._docker_majors()
         return [build.major for build in self.server_builds()]
+
+    def _on_auto_docker(self) -> bool:
+        if self.config.backend != "auto":
+            return False
+        with contextlib.suppress(PgtopoError):
+            self.server_builds()
+        return self._auto_docker
+
+    def _docker_majors(self) -> list[int]:
+        """On docker the majors are images: those --pgtopo-pg-version names, else the one of
+        the default image (the newest pytest-pgtopo:pgNN), found on first use."""
+        named = docker_majors(self.config.pg_version, self.config.source_of("pg_version"))
+        if named:
+            return named
+        if self._docker_default_major is None:
+            default = make_backend(self.config)
+            assert isinstance(default, DockerBackend)
+            self._docker_default_major = default.tools.major
+            self._backends.setdefault(self._docker_default_major, default)
+        return [self._docker_default_major]
+
+    def check_docker(self) -> None:
+        """--pgtopo-backend=docker with no engine reachable is a usage error at start-up,
+        saying how to start one or point DOCKER_HOST at one."""
+        if self.config.backend == "docker":
+            reason = unreachable_reason()
+            if reason is not None:
+                raise ConfigError(
+                    f"pytest-pgtopo: {self.config.source_of('backend')}=docker: "
+                    + reason.removeprefix("pytest-pgtopo: ")
+                )
+            # A malformed version list: a usage error, now.
+            docker_majors(self.config.pg_version, self.config.source_of("pg_version"))
 
     def backend_for(self, major: int | None = None) -> Backend:
         """The backend running servers of PostgreSQL `major` (None: the run's only or first
@@ -92,8 +154,12 @@ class PgtopoSession:
         builds = {build.major: build for build in self.server_builds()}
         if major is None and builds:
             major = next(iter(builds))
+        if major is None and (self.config.backend == "docker" or self._auto_docker):
+            major = self.pg_majors()[0]
         if major not in self._backends:
-            self._backends[major] = make_backend(self.config, builds.get(major) if major else None)
+            self._backends[major] = make_backend(
+                self.config, builds.get(major) if major else None, major=major
+            )
         return self._backends[major]
 
     def describe_backends(self) -> str:
@@ -168,6 +234,13 @@ class PgtopoSession:
     def restore_replica_pairs(self) -> None:
         """Rebuild each replica pair a test promoted or stopped a server of, so the next test
         that asks for one gets a primary and a streaming replica again."""
+        for pair in self._forget_changed_pairs():
+            pair.rebuild()
+
+    def _forget_changed_pairs(self) -> list[ReplicaTopology]:
+        """Replica pairs (pg_ha too) a test changed, their per-test databases let go of: the
+        node they live on may be stopped, promoted or a standby now (pg_ha's rejoin())."""
+        changed = []
         for pair in self.topologies.values():
             if not isinstance(pair, ReplicaTopology) or not pair.changed:
                 continue
@@ -175,7 +248,8 @@ class PgtopoSession:
             if stale is not None:
                 with contextlib.suppress(Exception):  # Its server may be stopped or promoted.
                     stale.close()
-            pair.rebuild()
+            changed.append(pair)
+        return changed
 
     def databases(self, topology: Topology) -> Databases:
         """Per-test databases on `topology`'s database server."""
@@ -185,6 +259,7 @@ class PgtopoSession:
                 topology.database_server,
                 before_drop=topology.release_database,
                 schema_cache=self.schema_cache(),
+                clone_ahead=spare_core(),
             )
         return self._databases[key]
 
@@ -218,6 +293,7 @@ class PgtopoSession:
         """Drop pending databases, stop every server (unless keep), release the backend.
 
         Every step runs even when an earlier one fails; all failures are raised together."""
+        self._forget_changed_pairs()
         steps: list[Callable[[], object]] = [d.close for d in self._databases.values()]
         if not self.config.keep:
             steps += [topology.stop for topology in self.topologies.values()]

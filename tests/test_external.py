@@ -74,9 +74,10 @@ def _databases(topology: PlainTopology) -> str:
             "--pgtopo-external-url (ini pgtopo_external_url, env PGTOPO_EXTERNAL_URL)",
         ),
         (
-            ["--pgtopo-backend=docker"],
-            "ERROR: pytest-pgtopo: --pgtopo-backend=docker is not implemented in this release; "
-            "use local (the default) or external",
+            ["--pgtopo-backend=docker", "--pgtopo-pg-version=all"],
+            "ERROR: pytest-pgtopo: --pgtopo-pg-version=all says which servers are installed here; "
+            "with --pgtopo-backend=docker name the majors (NN[,NN...]), each run in the image "
+            "--pgtopo-docker-image names for it",
         ),
     ],
 )

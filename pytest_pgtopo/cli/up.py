@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 
 from .. import drivers
 from ..backends import Backend, LocalBackend
-from ..backends.base import PgBouncerHandle, PostgresHandle
+from ..backends.base import HaBackend, HaProxyHandle, PgBouncerHandle, PostgresHandle
 from ..endpoint import Endpoint
-from ..errors import ConfigError, PgtopoError
+from ..errors import ConfigError, PgtopoError, TopologyUnavailableError
 from ..servers.binaries import PgBinaries
 from ..servers.certificates import ServerTls
+from ..servers.haproxy import HaNode
 from ..session import PgtopoSession
 from ..tls import TlsClient
 from ..topologies.base import Topology
@@ -228,6 +229,30 @@ class _Announced:
             f"{self._postgres} standby ({name}, a base backup of {source})",
             lambda: self.inner.start_standby(name, primary, slot),
         )
+
+    # --- what the ha topology needs beyond Backend (backends.base.HaBackend) -------------------
+
+    def _ha(self) -> HaBackend:
+        if not isinstance(self.inner, HaBackend):
+            raise TopologyUnavailableError("the ha topology needs the local backend")
+        return self.inner
+
+    def start_standby_with(
+        self, name: str, primary: PostgresHandle, slot: str, settings: Mapping[str, str]
+    ) -> PostgresHandle:
+        return self._started(
+            f"{self._postgres} standby ({name}, a base backup)",
+            lambda: self._ha().start_standby_with(name, primary, slot, settings),
+        )
+
+    def start_haproxy(self, name: str, nodes: list[HaNode], superuser: Endpoint) -> HaProxyHandle:
+        return self._started("HAProxy", lambda: self._ha().start_haproxy(name, nodes, superuser))
+
+    def rewind_and_follow(self, server: PostgresHandle, primary: PostgresHandle, slot: str) -> None:
+        self._ha().rewind_and_follow(server, primary, slot)
+
+    def restart_postgres(self, server: PostgresHandle, mode: str = "fast") -> None:
+        self._ha().restart_postgres(server, mode)
 
     def check_pgbouncer_settings(self, settings: Mapping[str, str]) -> None:
         self.inner.check_pgbouncer_settings(settings)

@@ -134,6 +134,37 @@ class PostgresServer(RunsAProcess):
         self.settings.update(primary_conninfo=conninfo, primary_slot_name=slot)
         self._start(source.password)
 
+    def restart(self, mode: str = "fast") -> None:
+        """Stop (`fast` or `immediate`) and start again on the same port, data kept."""
+        endpoint = self.endpoint
+        self.stop_process(mode)
+        self._start(endpoint.password, port=endpoint.port)
+
+    def rewind_and_follow(self, source: Endpoint, slot: str) -> None:
+        """Rejoin a stopped former primary as a standby of `source` (the promoted node):
+        pg_rewind takes its data directory back to where the timelines forked, then it starts
+        streaming from `source` on `slot`. Needs wal_log_hints and full_page_writes on."""
+        local.run(
+            [
+                self.binaries["pg_rewind"],
+                f"--target-pgdata={self.data_dir}",
+                f"--source-server=host={source.host} port={source.port} user={source.user} "
+                f"password={source.password} dbname=postgres",
+                "--no-sync",
+            ],
+            user=self.user,
+            cwd=self.directory,
+        )
+        (self.data_dir / "standby.signal").touch()
+        local.chown_tree(self.data_dir / "standby.signal", self.user)
+        conninfo = (
+            f"host={source.host} port={source.port} user={source.user} "
+            f"password={source.password} application_name={self.name}"
+        )
+        self.settings.update(primary_conninfo=conninfo, primary_slot_name=slot)
+        port = self.endpoint.port
+        self._start(source.password, port=port)
+
     def _prepare_directories(self) -> None:
         if self.hba is not None:
             (self.data_dir / "pg_hba.conf").write_text(self.hba)
@@ -141,7 +172,7 @@ class PostgresServer(RunsAProcess):
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         local.chown_tree(self.socket_dir, self.user)
 
-    def _start(self, password: str) -> None:
+    def _start(self, password: str, *, port: int | None = None) -> None:
         def argv_at(port: int) -> list[str]:
             self._write_conf(port)
             return [self.binaries["postgres"], "-D", str(self.data_dir)]
@@ -149,7 +180,7 @@ class PostgresServer(RunsAProcess):
         def endpoint_at(port: int) -> Endpoint:
             return Endpoint(LOOPBACK, port, SUPERUSER, password, "postgres", self.client_tls)
 
-        port, self._admin = self.runner.start(argv_at, endpoint_at)
+        port, self._admin = self.runner.start(argv_at, endpoint_at, port=port)
         self._endpoint = endpoint_at(port)
 
     def _write_conf(self, port: int) -> None:

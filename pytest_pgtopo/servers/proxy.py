@@ -50,6 +50,9 @@ class TcpProxy:
         """Seconds added before each chunk is forwarded, in either direction."""
         self.refusing = False
         """When True, new connections are accepted and closed at once (a dead backend)."""
+        self.black_hole = False
+        """When True, bytes are read and dropped, both ways, and nothing is closed: a network
+        that silently loses everything (a dead route, a firewall dropping packets)."""
         self.upstream_errors: list[str] = []
         """Why upstream connections failed (refused, TLS verification), newest last."""
         self._listener = socket.create_server((LOOPBACK, 0))
@@ -83,10 +86,15 @@ class TcpProxy:
         """Accept and immediately close new connections until restore()."""
         self.refusing = True
 
+    def swallow(self) -> None:
+        """Become a black hole (see `black_hole`) until restore(); open connections hang."""
+        self.black_hole = True
+
     def restore(self) -> None:
-        """No more faults: no latency, new connections forwarded again."""
+        """No more faults: no latency, new connections forwarded again, no black hole."""
         self.latency = 0.0
         self.refusing = False
+        self.black_hole = False
 
     def close(self) -> None:
         self._closed.set()
@@ -174,6 +182,8 @@ class TcpProxy:
             return False
         if not data:
             return False
+        if self.black_hole:
+            return True  # Dropped: the sender's kernel saw it delivered; nobody answers.
         if rewrite is not None:
             data = rewrite(data)
         if self.latency:

@@ -4,7 +4,8 @@ A signal to the server (PR_SET_PDEATHSIG) is Linux-only, follows a thread, and a
 disposition inherited from a background job swallows it. So each process that starts servers
 also starts this small supervisor, in a session of its own, holding the read end of a pipe.
 pytest writes a line per server it starts (`proc PID SIGNAL`) and per directory to remove
-(`dir PATH`), and takes them back when it stops them. When the pipe closes (pytest exited or
+(`dir PATH`) and per Docker container or network (`docker HOST containers|networks NAME`),
+and takes them back when it stops them. When the pipe closes (pytest exited or
 died: SIGKILL, os._exit, the OOM killer) or the run's owner is gone (an xdist controller killed
 before its workers notice), the watchdog stops every server still registered, escalating to
 SIGKILL, and removes the directories still registered: within a few seconds.
@@ -16,10 +17,12 @@ so it starts in milliseconds and needs nothing of the package.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +54,14 @@ class Watchdog:
 
     def unregister_directory(self, path: Path) -> None:
         self._send(f"undir {path}")
+
+    def register_docker(self, docker_host: str, kind: str, name: str) -> None:
+        """A container or network (`kind`: containers, networks) the engine at `docker_host`
+        (unix:///path or tcp://host:port) runs, removed by name when pytest dies."""
+        self._send(f"docker {docker_host} {kind} {name}")
+
+    def unregister_docker(self, docker_host: str, kind: str, name: str) -> None:
+        self._send(f"undocker {docker_host} {kind} {name}")
 
     def _send(self, line: str) -> None:
         with self._lock:
@@ -99,7 +110,48 @@ def alive(pid: int) -> bool:
     return True
 
 
-def _stop_all(processes: dict[int, int], directories: set[str]) -> None:
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self._path)
+
+
+def remove_docker(docker_host: str, kind: str, name: str) -> None:
+    """Remove a container (forced, with its anonymous volumes) or a network through the engine
+    API; the Docker CLI need not be installed. Best effort: errors are ignored."""
+    path = f"/{kind}/{name}" + ("?force=true&v=true" if kind == "containers" else "")
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        if docker_host.startswith("unix://"):
+            conn: http.client.HTTPConnection = _UnixHTTPConnection(docker_host[len("unix://") :])
+        else:
+            host, _, port = docker_host.partition("://")[2].partition(":")
+            conn = http.client.HTTPConnection(host, int(port or 2375), timeout=30)
+        conn.request("DELETE", path)
+        conn.getresponse().read()
+        conn.close()
+
+
+def _stop_all(
+    processes: dict[int, int],
+    directories: set[str],
+    docker: set[tuple[str, str, str]] | None = None,
+) -> None:
+    # Containers first (all at once: each removal is a SIGKILL and a delete), then networks.
+    for kind in ("containers", "networks"):
+        removals = [
+            threading.Thread(target=remove_docker, args=item, daemon=True)
+            for item in sorted(docker or ())
+            if item[1] == kind
+        ]
+        for removal in removals:
+            removal.start()
+        for removal in removals:
+            removal.join(60)
     for pid, sig in processes.items():
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
@@ -121,6 +173,7 @@ def main(owner: int) -> None:
         signal.signal(ignored, signal.SIG_IGN)  # Only a closed pipe or a dead owner ends it.
     processes: dict[int, int] = {}
     directories: set[str] = set()
+    docker: set[tuple[str, str, str]] = set()
     pending = b""
     stdin = sys.stdin.fileno()
     while True:
@@ -145,7 +198,13 @@ def main(owner: int) -> None:
                 directories.add(rest)
             elif word == "undir":
                 directories.discard(rest)
-    _stop_all(processes, directories)
+            elif word in ("docker", "undocker"):
+                host, kind, name = rest.split(" ", 2)
+                if word == "docker":
+                    docker.add((host, kind, name))
+                else:
+                    docker.discard((host, kind, name))
+    _stop_all(processes, directories, docker)
 
 
 if __name__ == "__main__":
