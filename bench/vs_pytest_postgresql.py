@@ -236,38 +236,49 @@ def user_ids(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def as_user(user: str, area: Path) -> list[str]:
-    """The prefix that runs a command as `user` (we are root). pg_ctl and initdb refuse root, so
-    pytest-postgresql's whole pytest runs unprivileged. When this interpreter lives in a
-    directory that user cannot enter (pyenv under a 0700 /root), the command runs in a private
-    mount namespace in which /root is a 0755 directory holding only a bind mount of the
-    directory the interpreter lives in; nothing changes outside that namespace."""
+def as_user(user: str, area: Path) -> tuple[list[str], str]:
+    """(the prefix that runs a command as `user`, the Python to run), as root. pg_ctl and initdb
+    refuse root, so pytest-postgresql's whole pytest runs unprivileged. Where that user cannot
+    reach this interpreter (pyenv under a 0700 /root) or this venv (a clone in a 0700 mktemp
+    directory), the command runs in a private mount namespace in which /root is a 0755
+    directory holding bind mounts of just those two; nothing changes outside that namespace."""
     uid, gid = user_ids(user)
     setpriv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
-    if same_interpreter(setpriv):
-        return setpriv
+    if same_interpreter(setpriv, sys.executable):
+        return setpriv, sys.executable
+    shim = area / "root-shim"
+    shim.mkdir(mode=0o755)
+    shim.chmod(0o755)
+    mounts: list[str] = []
     base = Path(os.path.realpath(sys.base_prefix))
     home = Path("/root")
-    if home not in base.parents:
-        raise RuntimeError(f"user {user} cannot run {sys.executable} (its prefix is {base})")
-    top = home / base.relative_to(home).parts[0]  # e.g. /root/.pyenv
-    shim = area / "root-shim"
-    (shim / top.name).mkdir(parents=True)
-    shim.chmod(0o755)
-    (shim / top.name).chmod(0o755)
-    script = 'mount --bind "$1" "$2/$3" && mount --rbind "$2" /root && shift 3 && exec "$@"'
-    prefix = ["unshare", "--mount", "sh", "-c", script, "sh", str(top), str(shim), top.name]
-    if not same_interpreter([*prefix, *setpriv]):
+    if home in base.parents:
+        top = home / base.relative_to(home).parts[0]  # e.g. /root/.pyenv
+        mounts += [str(top), top.name]
+    python = sys.executable
+    if sys.prefix != sys.base_prefix:  # A venv: bind it too, and run its python from there.
+        mounts += [sys.prefix, "venv"]
+        python = str(home / "venv" / "bin" / Path(sys.executable).name)
+    for name in mounts[1::2]:
+        (shim / name).mkdir(mode=0o755)
+        (shim / name).chmod(0o755)
+    script = (
+        'shim=$1; shift; while [ "$1" != -- ]; do mount --bind "$1" "$shim/$2" || exit 1; '
+        'shift 2; done; shift; mount --rbind "$shim" /root && exec "$@"'
+    )
+    prefix = ["unshare", "--mount", "sh", "-c", script, "sh", str(shim), *mounts, "--"]
+    if not same_interpreter([*prefix, *setpriv], python):
         raise RuntimeError(f"user {user} cannot run {sys.executable}, even with /root shimmed")
-    return [*prefix, *setpriv]
+    return [*prefix, *setpriv], python
 
 
-def same_interpreter(prefix: list[str]) -> bool:
-    """Whether `prefix` + sys.executable runs this very interpreter. (Where the symlinked one
-    cannot be reached, the exec can land on another Python: Debian's, here.)"""
-    code = "import sys; print(sys.version, sys.base_prefix)"
+def same_interpreter(prefix: list[str], python: str) -> bool:
+    """Whether `prefix` + `python` runs this interpreter with pytest-postgresql importable.
+    (Where the symlinked one cannot be reached, the exec can land on another Python: Debian's,
+    here; and a venv that cannot be read falls back to the base interpreter's packages.)"""
+    code = "import sys, pytest_postgresql; print(sys.version, sys.base_prefix)"
     probe = subprocess.run(
-        [*prefix, sys.executable, "-c", code], capture_output=True, text=True, check=False
+        [*prefix, python, "-c", code], capture_output=True, text=True, check=False
     )
     return probe.stdout.strip() == f"{sys.version} {sys.base_prefix}"
 
@@ -296,7 +307,8 @@ def theirs_command(label: str, suite: Path, root: Path, user: str | None, xdist:
         uid, gid = user_ids(user)
         for path in (area, home, tmp, suite, *suite.iterdir()):
             os.chown(path, uid, gid)
-        argv = [*as_user(user, area), *argv]
+        prefix, python = as_user(user, area)
+        argv = [*prefix, python, *argv[1:]]
     return Command(label, argv, suite, env)
 
 
