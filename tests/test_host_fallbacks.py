@@ -4,6 +4,7 @@ by forcing each fallback: no prctl, no /proc, no /dev/shm, and not root."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,10 @@ def _interpreter_for(user: str) -> str | None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the inner pytest as another user")
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None or shutil.which("unshare") is None,
+    reason="needs setpriv and unshare (util-linux)",
+)
 def test_a_run_shaped_like_macos_not_root_no_proc_no_shm_no_prctl(scratch: Path) -> None:
     python = _interpreter_for("nobody")
     if python is None:
@@ -114,17 +118,34 @@ def test_a_run_shaped_like_macos_not_root_no_proc_no_shm_no_prctl(scratch: Path)
     (suite / "test_checks.py").write_text(CHECKS)
     (suite / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     scratch.chmod(0o777)
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    checkout = Path(__file__).resolve().parents[1]
+    # This checkout and its packages may sit where nobody cannot read (a clone in a 0700 mktemp
+    # directory, as CI makes): in a private mount namespace, each is bind-mounted into a 0755
+    # directory of the scratch area, and the inner run imports them from there. The root of a
+    # bind mount keeps its mode, so the package directory is bound, not the (0700) checkout.
+    package = Path(__file__).parents[1] / "pytest_pgtopo"
+    shim = scratch / "shim"
+    paths = [shim / "checkout"]
+    binds = {package: shim / "checkout" / "pytest_pgtopo"}
+    for n, site in enumerate(p for p in sys.path if p.endswith("site-packages")):
+        paths.append(shim / f"site{n}")
+        binds[Path(site)] = shim / f"site{n}"
+    for target in [shim, *paths, *binds.values()]:
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o755)
+    mounts = " && ".join(
+        f"mount --bind {shlex.quote(str(src))} {shlex.quote(str(dst))}"
+        for src, dst in binds.items()
+    )
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(scratch),
         "PGTOPO_CACHE_DIR": str(scratch / "cache"),
-        "PYTHONPATH": os.pathsep.join([*site, str(checkout)]),
+        "PYTHONPATH": os.pathsep.join(map(str, paths)),
     }
     before = set(Path(tempfile.gettempdir()).glob("pgtopo-*"))
     result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-m",
+        ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh",
+         "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-m",
          "pytest", "-p", "pytest_pgtopo", "-p", "no:cacheprovider", "-q", str(suite)],
         cwd=suite, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
